@@ -38,17 +38,17 @@ class Loaded:
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
   """The local HF checkpoint directory for a model name, directory, GGUF file or hub id."""
-  from psynth.convert import default_model
-
   name = str(name_or_path)
-  if name == default_model.DEFAULT_MODEL:
-    return default_model.ensure_default_model()
   path = Path(name).expanduser()
   if path.is_dir():
     if not (path / "config.json").exists():
       raise FileNotFoundError(f"{path} is a directory but has no config.json; expected an HF "
                               "checkpoint directory (config.json + *.safetensors + tokenizer)")
     return path
+  from psynth.convert import default_model
+
+  if name == default_model.DEFAULT_MODEL:
+    return default_model.ensure_default_model()
   if path.suffix == ".gguf":
     if not path.exists():
       raise FileNotFoundError(f"GGUF file {path} does not exist")

@@ -66,14 +66,10 @@ def load_params(cfg: ModelConfig, ckpt_dir: str | Path) -> Transformer:
   used = set()
   try:
     for rule in hf_names.rules(cfg):
-      var = flat[rule.path]
-      shape = var.shape[1:] if rule.per_layer else var.shape
-      parts = []
-      for name in hf_names.hf_names(rule, cfg):
-        parts.append(hf_names.to_psynth(rule, read(name), shape))
+      for name, path in hf_names.expand(rule, cfg):
+        var = flat[path]
+        var.set_value(jnp.asarray(hf_names.to_psynth(rule, read(name), var.shape), var.dtype))
         used.add(name)
-      value = np.stack(parts) if rule.per_layer else parts[0]
-      var.set_value(jnp.asarray(value, dtype=var.dtype))
   finally:
     for h in handles.values():
       h.__exit__(None, None, None)

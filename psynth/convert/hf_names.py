@@ -1,7 +1,7 @@
 """The one table between HF tensor names and psynth parameter paths, used in both directions.
 
-HF stores a linear layer as `[out, in]`; psynth stores it as `[layers, *in, *out]` with heads
-split out (`q`: `[L, embed, heads, head_dim]`). A rule says which HF tensor feeds which
+HF stores a linear layer as `[out, in]`; psynth stores it as `[*in, *out]` with heads split
+out (`q`: `[embed, heads, head_dim]`). A rule says which HF tensor feeds which
 psynth path and how many leading psynth axes are the layer's input, which is all the
 reshaping needs. Export (merged LoRA, PEFT) walks the same table backwards.
 """
@@ -20,7 +20,7 @@ from psynth.model.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class Rule:
   hf: str  # HF name; "{i}" is the layer index for per-layer tensors
-  path: tuple[str, ...]  # psynth parameter path
+  path: tuple[str | int, ...]  # psynth parameter path; "{i}" is the layer index
   kind: str  # "linear": HF [out, in] <-> psynth [*in, *out];  "vector": a reshape only
   in_ndim: int = 1  # linear only: how many psynth axes are inputs
 
@@ -35,39 +35,40 @@ _MLP = "model.layers.{i}.mlp"
 
 def rules(cfg: ModelConfig) -> list[Rule]:
   """The rules for `cfg`'s architecture (biases, q/k norms, head tying)."""
+  L = ("layers", "{i}")
   out = [Rule("model.embed_tokens.weight", ("embed",), "vector")]
   for name in "qkv":
-    out.append(Rule(f"{_ATTN}.{name}_proj.weight", ("blocks", "attn", name, "kernel"), "linear"))
+    out.append(Rule(f"{_ATTN}.{name}_proj.weight", (*L, "attn", name, "kernel"), "linear"))
     if cfg.qkv_bias:
-      out.append(Rule(f"{_ATTN}.{name}_proj.bias", ("blocks", "attn", name, "bias"), "vector"))
-  out.append(Rule(f"{_ATTN}.o_proj.weight", ("blocks", "attn", "o", "kernel"), "linear", in_ndim=2))
+      out.append(Rule(f"{_ATTN}.{name}_proj.bias", (*L, "attn", name, "bias"), "vector"))
+  out.append(Rule(f"{_ATTN}.o_proj.weight", (*L, "attn", "o", "kernel"), "linear", in_ndim=2))
   if cfg.o_bias:
-    out.append(Rule(f"{_ATTN}.o_proj.bias", ("blocks", "attn", "o", "bias"), "vector"))
+    out.append(Rule(f"{_ATTN}.o_proj.bias", (*L, "attn", "o", "bias"), "vector"))
   if cfg.qk_norm:
-    out.append(Rule(f"{_ATTN}.q_norm.weight", ("blocks", "attn", "q_norm"), "vector"))
-    out.append(Rule(f"{_ATTN}.k_norm.weight", ("blocks", "attn", "k_norm"), "vector"))
+    out.append(Rule(f"{_ATTN}.q_norm.weight", (*L, "attn", "q_norm"), "vector"))
+    out.append(Rule(f"{_ATTN}.k_norm.weight", (*L, "attn", "k_norm"), "vector"))
   for name in ("gate", "up", "down"):
-    out.append(Rule(f"{_MLP}.{name}_proj.weight", ("blocks", "mlp", name, "kernel"), "linear"))
+    out.append(Rule(f"{_MLP}.{name}_proj.weight", (*L, "mlp", name, "kernel"), "linear"))
     if cfg.mlp_bias:
-      out.append(Rule(f"{_MLP}.{name}_proj.bias", ("blocks", "mlp", name, "bias"), "vector"))
-  out.append(Rule("model.layers.{i}.input_layernorm.weight", ("blocks", "attn_norm"), "vector"))
-  out.append(Rule("model.layers.{i}.post_attention_layernorm.weight", ("blocks", "mlp_norm"), "vector"))
+      out.append(Rule(f"{_MLP}.{name}_proj.bias", (*L, "mlp", name, "bias"), "vector"))
+  out.append(Rule("model.layers.{i}.input_layernorm.weight", (*L, "attn_norm"), "vector"))
+  out.append(Rule("model.layers.{i}.post_attention_layernorm.weight", (*L, "mlp_norm"), "vector"))
   out.append(Rule("model.norm.weight", ("final_norm",), "vector"))
   if not cfg.tie_word_embeddings:
     out.append(Rule("lm_head.weight", ("lm_head",), "linear"))
   return out
 
 
-def hf_names(rule: Rule, cfg: ModelConfig) -> Iterator[str]:
-  if rule.per_layer:
-    for i in range(cfg.num_layers):
-      yield rule.hf.format(i=i)
-  else:
-    yield rule.hf
+def expand(rule: Rule, cfg: ModelConfig) -> Iterator[tuple[str, tuple]]:
+  """(HF name, psynth path) pairs of a rule: one per layer for per-layer rules."""
+  layers = range(cfg.num_layers) if rule.per_layer else [None]
+  for i in layers:
+    path = tuple(i if p == "{i}" else p for p in rule.path)
+    yield rule.hf.format(i=i), path
 
 
 def to_psynth(rule: Rule, hf_array: np.ndarray, psynth_shape: tuple[int, ...]) -> np.ndarray:
-  """One HF tensor -> the psynth array of `psynth_shape` (one layer's slice for per-layer rules)."""
+  """One HF tensor -> the psynth array of `psynth_shape`."""
   if rule.kind == "linear":
     hf_array = hf_array.T
   if math.prod(hf_array.shape) != math.prod(psynth_shape):
@@ -77,7 +78,7 @@ def to_psynth(rule: Rule, hf_array: np.ndarray, psynth_shape: tuple[int, ...]) -
 
 
 def to_hf(rule: Rule, array: np.ndarray) -> np.ndarray:
-  """One psynth array (one layer's slice for per-layer rules) -> the HF tensor."""
+  """One psynth array -> the HF tensor."""
   if rule.kind == "linear":
     n_in = math.prod(array.shape[:rule.in_ndim])
     return np.ascontiguousarray(array.reshape(n_in, -1).T)

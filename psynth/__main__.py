@@ -1,0 +1,63 @@
+"""psynth command line: `python -m psynth COMMAND [--flags]`.
+
+Commands:
+  generate   answer one prompt:        python -m psynth generate --prompt "..."
+  bench      prefill/decode vs HF:     python -m psynth bench prefill
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file.")
+_PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "generate: the question.")
+_SYSTEM = flags.DEFINE_string("system", None, "generate: an optional system prompt.")
+_OUT = flags.DEFINE_string("out", None, "bench: also write the report (markdown) to this file.")
+
+COMMANDS = {"generate": "answer one prompt", "bench": "bench prefill: psynth vs HF transformers"}
+
+
+def _generate(cfg) -> None:
+  import psynth
+
+  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
+  messages = ([{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else [])
+  messages.append({"role": "user", "content": _PROMPT.value})
+  s = cfg.sampling
+  print(psynth.generate(loaded, messages, max_new_tokens=s.max_new_tokens,
+                        temperature=s.temperature, top_p=s.top_p, seed=s.seed))
+
+
+def _bench(cfg, what: str) -> None:
+  import psynth
+  from psynth.bench import prefill
+
+  if what != "prefill":
+    raise app.UsageError(f"unknown benchmark {what!r}; available: prefill")
+  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
+  b = cfg.bench
+  report = prefill.run(loaded, tuple(b.prefill_lengths), b.runs, b.decode_prompt, b.decode_tokens)
+  print(report)
+  if _OUT.value:
+    Path(_OUT.value).write_text(report)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    listing = ", ".join(f"{k} ({v})" for k, v in COMMANDS.items())
+    raise app.UsageError(f"usage: python -m psynth COMMAND [flags]; commands: {listing}")
+  logging.getLogger().setLevel(logging.INFO)
+  cfg = _CONFIG.value
+  if argv[1] == "generate":
+    _generate(cfg)
+  elif argv[1] == "bench":
+    _bench(cfg, argv[2] if len(argv) > 2 else "prefill")
+
+
+if __name__ == "__main__":
+  app.run(main)

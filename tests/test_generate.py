@@ -1,0 +1,70 @@
+"""Generation on tiny models: greedy ids equal HF's, sampling is seeded, buckets and errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from psynth.convert.hf_checkpoint import load_params
+from psynth.model.config import ModelConfig
+from psynth.synthesis.generate import Engine, SamplingConfig, bucket
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+  path, hf = tiny_checkpoint("llama_gqa")
+  cfg = ModelConfig.from_hf(path)
+  return Engine(load_params(cfg, path)), hf
+
+
+def test_bucket():
+  assert [bucket(n) for n in (1, 16, 17, 100, 1024, 1025)] == [16, 16, 32, 128, 1024, 2048]
+
+
+def test_greedy_batch_matches_hf_generate(tiny):
+  engine, hf = tiny
+  prompts = [[5, 9, 17, 3, 44, 8, 1], [70, 2, 99]]  # different lengths in one batch
+  out = engine.generate(prompts, SamplingConfig(max_new_tokens=12))
+  for prompt, got in zip(prompts, out.tokens):
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                        eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert got == ref
+
+
+def test_eos_stops_a_row_and_excludes_the_stop_token(tiny):
+  engine, _ = tiny
+  prompts = [[5, 9, 17], [70, 2, 99]]
+  free = engine.generate(prompts, SamplingConfig(max_new_tokens=8)).tokens
+  stop = free[0][3]
+  out = engine.generate(prompts, SamplingConfig(max_new_tokens=8), eos_ids=[stop]).tokens
+  assert out[0] == free[0][:free[0].index(stop)]
+  assert out[1] == (free[1][:free[1].index(stop)] if stop in free[1] else free[1])
+
+
+def test_sampling_is_seeded(tiny):
+  engine, _ = tiny
+  s = lambda seed: engine.generate([[1, 2, 3]], SamplingConfig(16, temperature=1.5, top_p=0.95,
+                                                               seed=seed)).tokens[0]
+  assert s(0) == s(0)
+  assert s(0) != s(1)
+  greedy = engine.generate([[1, 2, 3]], SamplingConfig(16)).tokens[0]
+  # top_p so small that only the most likely token survives: sampling becomes greedy.
+  assert engine.generate([[1, 2, 3]], SamplingConfig(16, temperature=1.0, top_p=1e-6,
+                                                     seed=3)).tokens[0] == greedy
+
+
+def test_prompt_over_context_is_a_clear_error(tiny):
+  engine, _ = tiny
+  ctx = engine.config.max_position_embeddings
+  with pytest.raises(ValueError, match=f"prompt of {ctx + 5} tokens does not fit.*{ctx}"):
+    engine.generate([[1] * (ctx + 5)], SamplingConfig(4))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(max_new_tokens=0), "max_new_tokens=0"),
+    (dict(temperature=-1.0), "temperature=-1.0"),
+    (dict(top_p=0.0), "top_p=0.0"),
+])
+def test_bad_sampling_config(kw, match):
+  with pytest.raises(ValueError, match=match):
+    SamplingConfig(**kw)
