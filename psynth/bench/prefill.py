@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from psynth.bench.timing import Timing, markdown_table, time_calls
+from psynth.bench.timing import Timing, markdown_table, time_interleaved
 from psynth.loading import Loaded
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.generate import SamplingConfig
@@ -35,7 +35,7 @@ def _prompt(vocab: int, n: int, seed: int = 0) -> np.ndarray:
   return np.random.RandomState(seed).randint(100, vocab, (1, n)).astype(np.int32)
 
 
-def psynth_prefill(loaded: Loaded, n: int, runs: int) -> Timing:
+def psynth_prefill_fn(loaded: Loaded, n: int):
   graphdef, state = nnx.split(loaded.model)
 
   @jax.jit
@@ -47,7 +47,7 @@ def psynth_prefill(loaded: Loaded, n: int, runs: int) -> Timing:
 
   tokens = jnp.asarray(_prompt(loaded.config.vocab_size, n))
   positions = jnp.arange(n, dtype=jnp.int32)[None]
-  return time_calls(lambda: prefill(state, tokens, positions), runs)
+  return lambda: prefill(state, tokens, positions)
 
 
 def hf_model(loaded: Loaded):
@@ -59,40 +59,47 @@ def hf_model(loaded: Loaded):
                                               attn_implementation="sdpa").eval()
 
 
-def hf_prefill(model, vocab: int, n: int, runs: int) -> Timing:
+def hf_prefill_fn(model, vocab: int, n: int):
   import torch
 
   ids = torch.from_numpy(_prompt(vocab, n)).long()
-  with torch.inference_mode():
-    return time_calls(lambda: model(ids, logits_to_keep=1, use_cache=True).logits, runs)
+
+  def call():
+    with torch.inference_mode():
+      return model(ids, logits_to_keep=1, use_cache=True).logits
+
+  return call
 
 
-def psynth_decode_tok_s(loaded: Loaded, prompt_len: int, new_tokens: int, runs: int) -> float:
+def psynth_decode_rate_fn(loaded: Loaded, prompt_len: int, new_tokens: int):
+  """A callable: one greedy generation, returns decode tokens/s (prefill excluded)."""
   prompt = [_prompt(loaded.config.vocab_size, prompt_len)[0].tolist()]
   sampling = SamplingConfig(max_new_tokens=new_tokens)
-  loaded.engine.generate(prompt, sampling)  # compile
-  rates = []
-  for _ in range(runs):
+
+  def rate() -> float:
     g = loaded.engine.generate(prompt, sampling)
-    rates.append((len(g.tokens[0]) - 1) / (g.total_s - g.ttft_s))
-  return float(np.median(rates))
+    return (len(g.tokens[0]) - 1) / (g.total_s - g.ttft_s)
+
+  return rate
 
 
-def hf_decode_tok_s(model, vocab: int, prompt_len: int, new_tokens: int, runs: int) -> float:
+def hf_decode_rate_fn(model, vocab: int, prompt_len: int, new_tokens: int):
+  """The same for HF: prefill, then a loop of one-token forwards with its KV cache."""
   import time
   import torch
 
   ids = torch.from_numpy(_prompt(vocab, prompt_len)).long()
-  rates = []
-  with torch.inference_mode():
-    for _ in range(runs + 1):  # the first run warms up
+
+  def rate() -> float:
+    with torch.inference_mode():
       out = model(ids, use_cache=True, logits_to_keep=1)
       t0 = time.perf_counter()
       for _ in range(new_tokens - 1):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
-      rates.append((new_tokens - 1) / (time.perf_counter() - t0))
-  return float(np.median(rates[1:]))
+      return (new_tokens - 1) / (time.perf_counter() - t0)
+
+  return rate
 
 
 def run(loaded: Loaded, lengths=(256, 1024, 2048), runs: int = 5, decode_prompt: int = 256,
@@ -103,10 +110,16 @@ def run(loaded: Loaded, lengths=(256, 1024, 2048), runs: int = 5, decode_prompt:
   rows = []
   for n in lengths:
     log.info("prefill %d tokens", n)
-    rows.append(PrefillRow(n, psynth_prefill(loaded, n, runs), hf_prefill(hf, vocab, n, runs)))
+    t = time_interleaved({"psynth": psynth_prefill_fn(loaded, n),
+                          "hf": hf_prefill_fn(hf, vocab, n)}, runs)
+    rows.append(PrefillRow(n, t["psynth"], t["hf"]))
   log.info("decode %d tokens after a %d-token prompt", decode_tokens, decode_prompt)
-  ps_dec = psynth_decode_tok_s(loaded, decode_prompt, decode_tokens, runs)
-  hf_dec = hf_decode_tok_s(hf, vocab, decode_prompt, decode_tokens, runs)
+  rate_fns = [psynth_decode_rate_fn(loaded, decode_prompt, decode_tokens),
+              hf_decode_rate_fn(hf, vocab, decode_prompt, decode_tokens)]
+  for f in rate_fns:
+    f()  # warm-up (psynth: compiles)
+  rates = [[f() for f in rate_fns] for _ in range(runs)]  # interleaved, like prefill
+  ps_dec, hf_dec = np.median(rates, axis=0)
   table = markdown_table(
       ["prefill tokens", "psynth s (median)", "HF s (median)", "HF / psynth",
        "psynth compile+first s"],

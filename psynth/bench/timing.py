@@ -20,18 +20,26 @@ class Timing:
     return statistics.median(self.runs_s)
 
 
-def time_calls(fn: Callable[[], Any], runs: int) -> Timing:
-  """Calls `fn` once cold, then `runs` times warm; each call waits for its device results."""
+def _once(fn: Callable[[], Any]) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], runs: int) -> dict[str, Timing]:
+  """Calls each fn once cold, then `runs` rounds of one warm call each, interleaved.
+
+  Interleaving gives every contender the same share of a noisy machine's slow moments, so
+  their ratio is fair even when absolute times drift. Each call waits for its results.
+  """
   if runs < 1:
     raise ValueError(f"runs={runs}; need at least 1 warm run")
-
-  def one() -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t0
-
-  first = one()
-  return Timing(first, tuple(one() for _ in range(runs)))
+  first = {name: _once(fn) for name, fn in fns.items()}
+  warm: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(runs):
+    for name, fn in fns.items():
+      warm[name].append(_once(fn))
+  return {name: Timing(first[name], tuple(warm[name])) for name in fns}
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -154,9 +154,9 @@ def attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_pos_BxT, kv_pos_BxS, kv_valid_B
   return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
-def _block(cfg: ModelConfig, blk: Block, x, cos, sin, k_all, v_all, layer, end, positions,
+def _block(cfg: ModelConfig, blk: Block, x, cos, sin, k_cache, v_cache, end, positions,
            slot_pos, slot_valid, attend_cache: bool):
-  """One decoder layer; writes this layer's new K/V at slot `end` of the stacked cache."""
+  """One decoder layer over this layer's cache `[B, S, K, E]`; returns x and the new k, v."""
   attn = blk.attn
   h = rms_norm(x, blk.attn_norm[...], cfg.rms_norm_eps)
   q, k, v = dense(attn.q, h), dense(attn.k, h), dense(attn.v, h)
@@ -164,23 +164,22 @@ def _block(cfg: ModelConfig, blk: Block, x, cos, sin, k_all, v_all, layer, end, 
     q = rms_norm(q, attn.q_norm[...], cfg.rms_norm_eps)
     k = rms_norm(k, attn.k_norm[...], cfg.rms_norm_eps)
   q = constrain(rope_lib.apply_rope(q, cos, sin), ("batch", "seq", "heads", "head_dim"))
-  k = rope_lib.apply_rope(k, cos, sin).astype(k_all.dtype)
-  zero = jnp.zeros((), jnp.int32)
-  # In place on the (donated) cache buffer: layer is static, the write offset dynamic.
-  k_all = jax.lax.dynamic_update_slice(k_all, k[None], (jnp.int32(layer), zero, end, zero, zero))
-  v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None],
-                                       (jnp.int32(layer), zero, end, zero, zero))
+  k = rope_lib.apply_rope(k, cos, sin)
+  k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)
   if attend_cache:
-    out = attention(q, k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype), positions,
-                    slot_pos, slot_valid)
+    zero = jnp.zeros((), jnp.int32)
+    k_all = jax.lax.dynamic_update_slice(k_cache, k, (zero, end, zero, zero))
+    v_all = jax.lax.dynamic_update_slice(v_cache, v, (zero, end, zero, zero))
+    out = attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), positions, slot_pos,
+                    slot_valid)
   else:
-    out = attention(q, k.astype(q.dtype), v, positions, positions, positions >= 0,
-                    causal_chunks=True)
+    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), positions, positions,
+                    positions >= 0, causal_chunks=True)
   x = x + dense(attn.o, out)
   h = rms_norm(x, blk.mlp_norm[...], cfg.rms_norm_eps)
   m = jax.nn.silu(dense(blk.mlp.gate, h)) * dense(blk.mlp.up, h)
   x = x + dense(blk.mlp.down, m)
-  return constrain(x, ("batch", "seq", "embed")), k_all, v_all
+  return constrain(x, ("batch", "seq", "embed")), k, v
 
 
 def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
@@ -212,10 +211,16 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions_BxT.astype(jnp.int32), (zero, end))
   slot_valid = jax.lax.dynamic_update_slice(cache.valid, positions_BxT >= 0, (zero, end))
 
-  k_all, v_all = cache.k, cache.v
+  new_k, new_v = [], []
   for layer, blk in enumerate(model.layers):
-    x, k_all, v_all = _block(cfg, blk, x, cos, sin, k_all, v_all, layer, end, positions_BxT,
-                             slot_pos, slot_valid, attend_cache)
+    x, k, v = _block(cfg, blk, x, cos, sin, cache.k[layer], cache.v[layer], end, positions_BxT,
+                     slot_pos, slot_valid, attend_cache)
+    new_k.append(k)
+    new_v.append(v)
+  # One write of every layer's new K/V: in place when the caller donates the cache.
+  at = (zero, zero, end, zero, zero)
+  k_all = jax.lax.dynamic_update_slice(cache.k, jnp.stack(new_k), at)
+  v_all = jax.lax.dynamic_update_slice(cache.v, jnp.stack(new_v), at)
 
   if last_only:
     last = jnp.argmax(positions_BxT, axis=1)  # [B]
