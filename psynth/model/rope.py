@@ -1,17 +1,12 @@
-"""Rotary position embeddings in the HF split-half layout, computed in float32.
+"""RoPE frequencies of each supported variant (default, linear, llama3, yarn).
 
-The same rotation serves two callers: the model (rotate q/k to their absolute positions) and
-cache re-encoding (rotate cached keys by a position delta). Angles are built by an
-elementwise float32 multiply, exactly as `transformers` does, so positions in the thousands
-keep full float32 accuracy; they are never formed by a low-precision matmul.
+The rotations themselves live in `psynth.cache.rotary`, shared with cache re-encoding.
 """
 
 from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from psynth.model.config import RopeConfig
@@ -76,37 +71,3 @@ def _yarn(pos_freqs: np.ndarray, rope: RopeConfig, head_dim: int) -> tuple[np.nd
   inv_extra = np.float32(1.0) / pos_freqs
   inv_inter = np.float32(1.0) / (np.float32(factor) * pos_freqs)
   return inv_inter * (1 - extrapolation) + inv_extra * extrapolation, scale
-
-
-def cos_sin(positions: jax.Array, inv_freq: jax.Array, scale: float = 1.0):
-  """cos, sin `[*positions.shape, head_dim]` float32 for integer `positions`."""
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq.astype(jnp.float32)
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  return jnp.cos(angles) * scale, jnp.sin(angles) * scale
-
-
-def rotate_half(x: jax.Array) -> jax.Array:
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([-x2, x1], axis=-1)
-
-
-def apply_rope(x_BxTxNxH: jax.Array, cos_BxTxH: jax.Array, sin_BxTxH: jax.Array) -> jax.Array:
-  """Rotates every head of `x` by its token's (cos, sin); the result has x's dtype.
-
-  cos/sin are cast to x's dtype first, as HF does, so bf16 models round where HF rounds.
-  """
-  cos = cos_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
-  sin = sin_BxTxH[:, :, None, :].astype(x_BxTxNxH.dtype)
-  return x_BxTxNxH * cos + rotate_half(x_BxTxNxH) * sin
-
-
-def rerotate(k_xTxNxH: jax.Array, delta_x: jax.Array, inv_freq: jax.Array) -> jax.Array:
-  """Moves keys already rotated to position p to position p + delta (float32, any leading dims).
-
-  Rotations compose, so one rotation by `delta` does it; it is a pure rotation (no yarn scale:
-  the keys carry that scale already). `delta_x` broadcasts against `k`'s leading dims.
-  """
-  cos, sin = cos_sin(delta_x, inv_freq)
-  cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads
-  k32 = k_xTxNxH.astype(jnp.float32)
-  return (k32 * cos + rotate_half(k32) * sin).astype(k_xTxNxH.dtype)

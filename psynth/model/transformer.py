@@ -18,6 +18,7 @@ from flax import nnx
 
 from psynth.cache.kv_cache import KVCache
 from psynth.model.config import ModelConfig
+from psynth.cache import rotary
 from psynth.model import rope as rope_lib
 from psynth.sharding import constrain
 
@@ -35,16 +36,20 @@ def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init="normal") -> nnx.Para
 
 
 class Dense(nnx.Module):
-  """A projection: kernel `[*in, *out]`, optional bias `[*out]`.
+  """A projection: kernel `[*in, *out]`, optional bias `[*out]`, optional LoRA.
 
-  `spec` is its einsum, e.g. "btd,dhe->bthe"; its letters name the axes.
+  `spec` is its einsum, e.g. "btd,dhe->bthe"; its letters name the axes. A LoRA adapter
+  (`add_lora`) adds `lora_a [*in, rank]` and `lora_b [rank, *out]` as `nnx.LoRAParam`s.
   """
 
   def __init__(self, spec: str, in_shape, out_shape, in_axes, out_axes, *, bias: bool, dtype,
                rngs: nnx.Rngs):
     self.spec = spec
+    self.in_axes, self.out_axes = tuple(in_axes), tuple(out_axes)
     self.kernel = _param(rngs, (*in_shape, *out_shape), dtype, (*in_axes, *out_axes))
     self.bias = _param(rngs, tuple(out_shape), dtype, tuple(out_axes), "zeros") if bias else None
+    self.lora_a = self.lora_b = None
+    self.lora_scale = 0.0
 
 
 class Attention(nnx.Module):
@@ -114,10 +119,24 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return (weight * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def dense(layer: Dense, x: jax.Array) -> jax.Array:
+def _lora_specs(spec: str) -> tuple[str, str]:
+  """"btd,dhe->bthe" -> ("btd,dr->btr", "btr,rhe->bthe"): x -> rank -> out."""
+  lhs, out = spec.split("->")
+  x_letters, kernel = lhs.split(",")
+  n_in = sum(c in x_letters for c in kernel)
+  ins, outs = kernel[:n_in], kernel[n_in:]
+  mid = x_letters.replace(ins, "") + "r"
+  return f"{x_letters},{ins}r->{mid}", f"{mid},r{outs}->{out}"
+
+
+def dense(layer: Dense, x: jax.Array, lora: bool = False) -> jax.Array:
   y = jnp.einsum(layer.spec, x, layer.kernel[...].astype(x.dtype))
   if layer.bias is not None:
     y = y + layer.bias[...].astype(x.dtype)
+  if lora and layer.lora_a is not None:
+    down, up = _lora_specs(layer.spec)
+    h = jnp.einsum(down, x, layer.lora_a[...].astype(x.dtype))
+    y = y + layer.lora_scale * jnp.einsum(up, h, layer.lora_b[...].astype(x.dtype))
   return y
 
 
@@ -176,32 +195,33 @@ def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array
   return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
-def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache):
+def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lora: bool):
   """One decoder layer; `layer_cache` is None or this layer's (k, v, positions, valid) slots.
 
   Returns x and this call's k, v `[B, T, K, E]` (in the cache dtype), for the caller to store.
   """
   attn = blk.attn
   h = rms_norm(x, blk.attn_norm[...], cfg.rms_norm_eps)
-  q, k, v = dense(attn.q, h), dense(attn.k, h), dense(attn.v, h)
+  q, k, v = dense(attn.q, h, lora), dense(attn.k, h, lora), dense(attn.v, h, lora)
   if attn.q_norm is not None:
     q = rms_norm(q, attn.q_norm[...], cfg.rms_norm_eps)
     k = rms_norm(k, attn.k_norm[...], cfg.rms_norm_eps)
-  q = constrain(rope_lib.apply_rope(q, cos, sin), ("batch", "seq", "heads", "head_dim"))
-  k = rope_lib.apply_rope(k, cos, sin)
+  q = constrain(rotary.apply_rope(q, cos, sin), ("batch", "seq", "heads", "head_dim"))
+  k = rotary.apply_rope(k, cos, sin)
   cache_dtype = x.dtype if layer_cache is None else layer_cache[0].dtype
   # Round k/v to the cache dtype first, so attention sees exactly what a later call will.
   k, v = k.astype(cache_dtype), v.astype(cache_dtype)
   out = attention(q, k.astype(q.dtype), v.astype(q.dtype), positions, layer_cache)
-  x = x + dense(attn.o, out)
+  x = x + dense(attn.o, out, lora)
   h = rms_norm(x, blk.mlp_norm[...], cfg.rms_norm_eps)
-  m = jax.nn.silu(dense(blk.mlp.gate, h)) * dense(blk.mlp.up, h)
-  x = x + dense(blk.mlp.down, m)
+  m = jax.nn.silu(dense(blk.mlp.gate, h, lora)) * dense(blk.mlp.up, h, lora)
+  x = x + dense(blk.mlp.down, m, lora)
   return constrain(x, ("batch", "seq", "embed")), k, v
 
 
 def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-            *, last_only: bool = False, attend_cache: bool = True) -> tuple[jax.Array, KVCache]:
+            *, last_only: bool = False, attend_cache: bool = True,
+            lora: bool = False) -> tuple[jax.Array, KVCache]:
   """Runs `tokens` at absolute `positions` on top of `cache`; returns (logits, new cache).
 
   Serves prefill (T > 1) and decode (T == 1) alike; the tokens are written at slots
@@ -212,6 +232,8 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   increasing position order, as any prompt does.
   `last_only`: logits `[B, 1, V]` for each row's last real token only (prefill needs no more).
   `attend_cache=False`: skip scoring the cache, for a first prefill into an empty one.
+  `lora`: switch the LoRA adapter on (the synthesizer); off, the model is the base model,
+  bit for bit (the adapter's arrays are not even read).
   Logits are float32.
   """
   cfg = model.config
@@ -224,7 +246,7 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   x = constrain(model.embed[...][tokens_BxT].astype(dtype), ("batch", "seq", "embed"))
 
   inv_freq, scale = rope_lib.inv_freq_and_scale(cfg.rope, cfg.head_dim)
-  cos, sin = rope_lib.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
+  cos, sin = rotary.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
 
   end = cache.end
   zero = jnp.zeros((), jnp.int32)
@@ -233,7 +255,7 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   for layer, blk in enumerate(model.layers):
     layer_cache = ((cache.k[layer], cache.v[layer], cache.positions, cache.valid)
                    if attend_cache else None)
-    x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache)
+    x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache, lora)
     new_k.append(k)
     new_v.append(v)
   # One write of every layer's new K/V: in place when the caller donates the cache.

@@ -1,4 +1,9 @@
-"""Batched autoregressive generation: bucketed prefill, then a jitted decode step with a donated cache."""
+"""Batched autoregressive generation: bucketed prefill, then a jitted decode step with a donated cache.
+
+`Engine` is the one place that compiles model calls for inference. Workers, the text
+baseline and the cache synthesizer all prefill and decode through it; the only switches are
+whether a prefill reads the cache (`attend_cache`) and whether the LoRA is on (`lora`).
+"""
 
 from __future__ import annotations
 
@@ -44,8 +49,14 @@ class SamplingConfig:
 @dataclasses.dataclass
 class Generation:
   tokens: list[list[int]]  # new tokens per row, stopping token excluded
-  ttft_s: float  # prefill + first token, on the host clock
+  ttft_s: float  # prefill + first token on the host
   total_s: float
+  cache: KVCache | None = None  # with every returned token's K/V, if asked for (`keep_cache`)
+
+
+def _knobs(sampling: SamplingConfig):
+  """Temperature and top_p as traced scalars (changing them does not recompile)."""
+  return jnp.float32(max(sampling.temperature, 1e-6)), jnp.float32(sampling.top_p)
 
 
 def right_pad(rows: Sequence[Sequence[int]], length: int, start: Sequence[int] | int = 0):
@@ -61,26 +72,28 @@ def right_pad(rows: Sequence[Sequence[int]], length: int, start: Sequence[int] |
 
 
 class Engine:
-  """Compiled prefill/decode for one model. Compiled shapes are cached by jit per bucket."""
+  """Compiled prefill/decode for one model. jit caches one executable per shape bucket."""
 
   def __init__(self, model: Transformer):
     self.config = model.config
     self.graphdef, self.state = nnx.split(model)
 
-    def prefill(state, tokens, positions, cache, key, temperature, top_p, greedy):
+    def prefill(state, tokens, positions, cache, key, temperature, top_p, greedy, attend_cache,
+                lora):
       logits, cache = forward(nnx.merge(self.graphdef, state), tokens, positions, cache,
-                              last_only=True)
-      return sample(logits[:, 0], key, temperature, top_p, greedy=greedy), cache
+                              last_only=True, attend_cache=attend_cache, lora=lora)
+      return sample(logits[:, 0], key, temperature, top_p, greedy=greedy), logits[:, 0], cache
 
-    def decode(state, tokens, positions, cache, key, temperature, top_p, greedy):
-      logits, cache = forward(nnx.merge(self.graphdef, state), tokens, positions, cache)
+    def decode(state, tokens, positions, cache, key, temperature, top_p, greedy, lora):
+      logits, cache = forward(nnx.merge(self.graphdef, state), tokens, positions, cache, lora=lora)
       return sample(logits[:, -1], key, temperature, top_p, greedy=greedy), cache
 
-    self.prefill = jax.jit(prefill, static_argnames="greedy", donate_argnums=3)
-    self.decode = jax.jit(decode, static_argnames="greedy", donate_argnums=3)
+    self._prefill = jax.jit(prefill, static_argnames=("greedy", "attend_cache", "lora"),
+                            donate_argnums=3)
+    self._decode = jax.jit(decode, static_argnames=("greedy", "lora"), donate_argnums=3)
 
   def check_fits(self, prompt_len: int, max_new_tokens: int) -> int:
-    """Validates the prompt against the context; returns the max_new_tokens that fit."""
+    """Validates a prompt's last position against the context; returns the max_new that fits."""
     ctx = self.config.max_position_embeddings
     if prompt_len >= ctx:
       raise ValueError(f"prompt of {prompt_len} tokens does not fit the model's context of "
@@ -95,43 +108,71 @@ class Engine:
     """Generates for a batch of token-id prompts of any lengths (right-padded into one bucket)."""
     if not prompts or any(len(p) == 0 for p in prompts):
       raise ValueError("every prompt needs at least one token")
-    lengths = [len(p) for p in prompts]
-    max_new = self.check_fits(max(lengths), sampling.max_new_tokens)
+    lengths = np.array([len(p) for p in prompts])
+    max_new = self.check_fits(int(lengths.max()), sampling.max_new_tokens)
     t0 = time.perf_counter()
-    T = bucket(max(lengths))
+    T = bucket(int(lengths.max()))
     tokens, positions = right_pad(prompts, T)
     cache = init_cache(self.config, len(prompts), bucket(T + max_new))
-    greedy = sampling.temperature == 0
-    temp = jnp.float32(max(sampling.temperature, 1e-6))
-    top_p = jnp.float32(sampling.top_p)
-    key = jax.random.key(sampling.seed)
-    key, sub = jax.random.split(key)
-    tok, cache = self.prefill(self.state, tokens, positions, cache, sub, temp, top_p, greedy)
-    first = np.asarray(tok)  # blocks: the first token is on the host
-    ttft = time.perf_counter() - t0
-    out = self._decode_loop(first, np.asarray(lengths), cache, max_new, key, temp, top_p,
-                            greedy, set(eos_ids))
-    return Generation(out, ttft, time.perf_counter() - t0)
+    return self.continue_from(cache, tokens, positions, lengths, dataclasses.replace(
+        sampling, max_new_tokens=max_new), eos_ids, t0=t0, attend_cache=False)
 
-  def _decode_loop(self, first: np.ndarray, next_pos: np.ndarray, cache: KVCache, max_new: int,
-                   key, temp, top_p, greedy: bool, eos: set[int]) -> list[list[int]]:
-    B = len(first)
+  def continue_from(self, cache: KVCache, tokens, positions, next_pos, sampling: SamplingConfig,
+                    eos_ids: Sequence[int] = (), *, t0: float | None = None,
+                    attend_cache: bool = True, lora: bool = False,
+                    keep_cache: bool = False) -> Generation:
+    """Prefills `tokens` on top of `cache`, then decodes; row b's answer starts at next_pos[b].
+
+    The cache needs room for the tokens and `max_new_tokens` more. With `keep_cache`, one
+    last step writes the final token's K/V too, so the returned cache holds every answer
+    token (what a branch cache is made of).
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    greedy = sampling.temperature == 0
+    key, sub = jax.random.split(jax.random.key(sampling.seed))
+    tok, _, cache = self._prefill(self.state, tokens, positions, cache, sub, *_knobs(sampling),
+                                  greedy, attend_cache, lora)
+    return self.decode_from(np.asarray(tok), cache, next_pos, sampling, eos_ids, t0=t0,
+                            key=key, lora=lora, keep_cache=keep_cache)
+
+  def decode_from(self, first: np.ndarray, cache: KVCache, next_pos, sampling: SamplingConfig,
+                  eos_ids: Sequence[int] = (), *, t0: float, key=None, lora: bool = False,
+                  keep_cache: bool = False) -> Generation:
+    """Decodes after a prefill that produced `first` (on the host: the time to first token)."""
+    ttft = time.perf_counter() - t0
+    greedy = sampling.temperature == 0
+    temp, top_p = _knobs(sampling)
+    key = jax.random.key(sampling.seed + 1) if key is None else key
+    tok = np.asarray(first)
+    B = len(tok)
     out: list[list[int]] = [[] for _ in range(B)]
     done = np.zeros(B, bool)
-    tok = first
-    for step in range(max_new):
+    eos = set(eos_ids)
+    next_pos = np.asarray(next_pos, np.int32)
+    for step in range(sampling.max_new_tokens):
       for b in range(B):
         if not done[b]:
           if int(tok[b]) in eos:
             done[b] = True
           else:
             out[b].append(int(tok[b]))
-      if done.all() or step == max_new - 1:
+      last = step == sampling.max_new_tokens - 1
+      if done.all() or (last and not keep_cache):
         break
       # Finished rows keep stepping as padding (position -1): the batch shape never changes.
       pos = np.where(done, -1, next_pos + step).astype(np.int32)[:, None]
       key, sub = jax.random.split(key)
-      tok, cache = self.decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub, temp,
-                               top_p, greedy)
+      tok, cache = self._decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub, temp,
+                                top_p, greedy, lora)
       tok = np.asarray(tok)
-    return out
+      if last:
+        break  # that step only wrote the final tokens' K/V (keep_cache)
+    return Generation(out, ttft, time.perf_counter() - t0, cache if keep_cache else None)
+
+  def first_token_logits(self, cache: KVCache, tokens, positions, *, attend_cache: bool = True,
+                         lora: bool = False) -> tuple[np.ndarray, KVCache]:
+    """Prefill only: last-position logits `[B, V]` (float32) and the updated cache."""
+    key = jax.random.key(0)
+    _, logits, cache = self._prefill(self.state, tokens, positions, cache, key, jnp.float32(1),
+                                     jnp.float32(1), True, attend_cache, lora)
+    return np.asarray(logits), cache

@@ -1,0 +1,94 @@
+"""Worker fan-out: N workers batched on the base model, their answers' K/V kept as branch caches.
+
+The token prefix all worker prompts share is prefilled once (batch 1) and tiled to the N
+rows; each worker then prefills its own part and decodes. A branch cache holds the K/V of the
+generated tokens only, at their absolute positions |p_i| + j. Finished outputs (texts made
+elsewhere) take the same route without decoding: they are prefilled after their prompts.
+
+Slot layout of the worker cache: [prefix (bucketed) | own prompt parts | branch tokens].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import numpy as np
+
+from psynth.cache import ops
+from psynth.cache.kv_cache import KVCache
+from psynth.model.transformer import init_cache
+from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
+from psynth.synthesis.prompts import common_prefix_len
+
+
+@dataclasses.dataclass
+class Branches:
+  tokens: list[list[int]]  # o_i, without the stop token
+  cache: KVCache  # [layers, N, slots, ...]: o_i's K/V at absolute positions |p_i| + j
+  prompt_lens: np.ndarray  # [N] |p_i|
+  prefix: KVCache  # batch 1: the worker prompts' shared prefix (reused by the text baseline)
+  prefix_tokens: list[int]
+  worker_s: float  # wall time of the fan-out
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.array([len(t) for t in self.tokens], np.int32)
+
+
+def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slots: int):
+  """Prefills the shared prefix once; returns (P, Pb, prefix cache, N-row cache, own parts)."""
+  if not prompts:
+    raise ValueError("need at least one branch; got zero")
+  P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
+  P = max(P, 0)
+  Pb = bucket(P) if P else 0
+  own = [list(p[P:]) for p in prompts]
+  Ob = bucket(max(len(o) for o in own))
+  cache = init_cache(engine.config, 1, Pb + Ob + tail_slots)
+  if P:
+    _, cache = engine.first_token_logits(cache, *right_pad([prompts[0][:P]], Pb),
+                                         attend_cache=False)
+  prefix = ops.take_slots(cache, 0, Pb) if P else None
+  return P, Pb, Ob, prefix, ops.tile_rows(cache, len(prompts)), own
+
+
+def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                eos_ids: Sequence[int] = ()) -> Branches:
+  """Runs one worker per prompt, batched, and keeps what they generated as branch caches."""
+  t0 = time.perf_counter()
+  lens = np.array([len(p) for p in prompts], np.int32)
+  max_new = engine.check_fits(int(lens.max()), sampling.max_new_tokens)
+  sampling = dataclasses.replace(sampling, max_new_tokens=max_new)
+  P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, max_new)
+  tokens, positions = right_pad(own, Ob, start=P)
+  gen = engine.continue_from(cache, tokens, positions, lens, sampling, eos_ids,
+                             attend_cache=P > 0, keep_cache=True)
+  if any(len(t) == 0 for t in gen.tokens):
+    empty = [i for i, t in enumerate(gen.tokens) if not t]
+    raise ValueError(f"worker(s) {empty} produced an empty branch (stopped at once); "
+                     "change their prompts or sampling")
+  branch = ops.take_slots(gen.cache, Pb + Ob, max_new)
+  return Branches(gen.tokens, branch, lens, prefix, list(prompts[0][:P]),
+                  time.perf_counter() - t0)
+
+
+def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
+                    outputs: Sequence[Sequence[int]]) -> Branches:
+  """Branch caches for finished outputs, as if worker i had generated outputs[i] after prompts[i]."""
+  if len(prompts) != len(outputs):
+    raise ValueError(f"{len(prompts)} worker prompts but {len(outputs)} outputs")
+  for i, o in enumerate(outputs):
+    if len(o) == 0:
+      raise ValueError(f"branch {i} is empty; every branch needs at least one token")
+  t0 = time.perf_counter()
+  lens = np.array([len(p) for p in prompts], np.int32)
+  engine.check_fits(int(max(len(p) + len(o) for p, o in zip(prompts, outputs))), 1)
+  Gb = bucket(max(len(o) for o in outputs))
+  P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, Gb)
+  _, cache = engine.first_token_logits(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
+  _, cache = engine.first_token_logits(cache, *right_pad(outputs, Gb, start=lens))
+  branch = ops.take_slots(cache, Pb + Ob, Gb)
+  return Branches([list(o) for o in outputs], branch, lens, prefix, list(prompts[0][:P]),
+                  time.perf_counter() - t0)

@@ -1,0 +1,50 @@
+"""The three prompts of a fan-out step: worker, cache synthesizer, text synthesizer.
+
+All start with the same system turn and "Question: ..." so their token prefix is shared:
+workers prefill it once, and the text baseline reuses its cache.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+DEFAULT_SYSTEM = "You are a helpful assistant. Answer accurately and concisely."
+WORKER_INSTRUCTION = ("Read the document below. Write down, in two or three sentences, what it "
+                      "says that helps answer the question.")
+SYNTH_CACHE_INSTRUCTION = ("Several assistants have read the documents for you; their notes are "
+                           "in your memory. Using their notes, answer the question in one or two "
+                           "sentences.")
+SYNTH_TEXT_INSTRUCTION = "Using their notes, answer the question in one or two sentences."
+
+
+def _question(question: str) -> str:
+  return f"Question: {question}\n\n"
+
+
+def worker(question: str, branch_input: str, system: str = DEFAULT_SYSTEM) -> list[dict]:
+  return [{"role": "system", "content": system},
+          {"role": "user", "content": f"{_question(question)}{WORKER_INSTRUCTION}\n\n"
+                                      f"Document:\n{branch_input}"}]
+
+
+def synth_cache(question: str, system: str = DEFAULT_SYSTEM) -> list[dict]:
+  """No worker text: the synthesizer reads the branches from its cache."""
+  return [{"role": "system", "content": system},
+          {"role": "user", "content": f"{_question(question)}{SYNTH_CACHE_INSTRUCTION}"}]
+
+
+def synth_text(question: str, branch_texts: Sequence[str], system: str = DEFAULT_SYSTEM) -> list[dict]:
+  notes = "\n\n".join(f"Notes of assistant {i + 1}:\n{t}" for i, t in enumerate(branch_texts))
+  return [{"role": "system", "content": system},
+          {"role": "user", "content": f"{_question(question)}Several assistants read the "
+                                      f"documents for you.\n\n{notes}\n\n{SYNTH_TEXT_INSTRUCTION}"}]
+
+
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+  """Length of the longest token prefix shared by all rows."""
+  n = min(len(r) for r in rows)
+  for i in range(n):
+    t = rows[0][i]
+    if any(r[i] != t for r in rows[1:]):
+      return i
+  return n

@@ -1,0 +1,150 @@
+"""Synthesis from branches: by cache (re-encode, map, merge, LoRA-on prefill) or by text.
+
+`cache_prefill` is the whole cache path up to the first token as one jitted pure function:
+re-encode every branch's positions, calibrate with the mapper, merge the branches into one
+cache row, and prefill the synthesizer prompt after the merged span (LoRA on when an adapter
+is given). The text path pastes the branch texts into the prompt and prefills it on the
+base model, reusing the workers' shared prefix cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from psynth.cache import mapper as mapper_lib
+from psynth.cache import ops
+from psynth.cache.kv_cache import KVCache
+from psynth.model import rope
+from psynth.model.transformer import Transformer, forward, init_cache
+from psynth.synthesis.fanout import Branches
+from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
+from psynth.synthesis.prompts import common_prefix_len
+
+MODES = ("shared_start", "after_prefix", "sequential")
+METHODS = ("cache", "naive", "text")
+
+
+@dataclasses.dataclass
+class Adapter:
+  """What synthesis adds to the base model: a cache mapper and whether the LoRA is on."""
+
+  mapper: mapper_lib.CacheMapper | None = None
+  lora: bool = False
+
+
+def branch_starts(lengths_N: np.ndarray, mode: str, prefix_len: int = 0) -> tuple[np.ndarray, int]:
+  """Start position of every branch and of the synthesizer prompt, for a position mode."""
+  lengths_N = np.asarray(lengths_N, np.int64)
+  if mode == "shared_start":
+    return np.zeros_like(lengths_N), int(lengths_N.max())
+  if mode == "after_prefix":
+    return np.full_like(lengths_N, prefix_len), prefix_len + int(lengths_N.max())
+  if mode == "sequential":
+    ends = np.cumsum(lengths_N)
+    return ends - lengths_N, int(ends[-1])
+  raise ValueError(f"position mode {mode!r} unknown; choose from {MODES}")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "extra_slots", "lora"))
+def _cache_prefill(graphdef, state, mapper_graphdef, mapper_state, branches: KVCache, lengths_N,
+                   starts_N, prefix: KVCache | None, tokens, positions, *, extra_slots: int,
+                   lora: bool):
+  model: Transformer = nnx.merge(graphdef, state)
+  inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
+  moved = ops.reposition(branches, starts_N, jnp.asarray(inv_freq))
+  if mapper_graphdef is not None:
+    moved = mapper_lib.apply(nnx.merge(mapper_graphdef, mapper_state), moved, lengths_N[None])
+  merged = ops.merge_rows(moved, branches.batch)
+  if prefix is not None:  # after_prefix: the real shared prefix sits before the branches
+    merged = ops.concat_slots(prefix, merged)
+  merged = ops.extend(merged, extra_slots)
+  logits, cache = forward(model, tokens, positions, merged, last_only=True, lora=lora)
+  return logits[:, 0], cache
+
+
+def cache_prefill(engine: Engine, branches: Branches, synth_ids: Sequence[int], *,
+                  mode: str = "shared_start", adapter: Adapter | None = None,
+                  max_new_tokens: int = 1) -> tuple[jax.Array, KVCache, int]:
+  """The cache path up to the first token: (last logits [1, V], cache, next position)."""
+  adapter = adapter or Adapter()
+  lengths = branches.lengths
+  prefix, prefix_len, prompt = None, 0, list(synth_ids)
+  if mode == "after_prefix":
+    if branches.prefix is None:
+      raise ValueError("after_prefix needs worker prompts with a shared prefix; they have none")
+    prefix_len = common_prefix_len([branches.prefix_tokens, prompt])
+    prefix = ops.truncate(branches.prefix, prefix_len)
+    prompt = prompt[prefix_len:]
+  starts, synth_start = branch_starts(lengths, mode, prefix_len)
+  ctx = engine.config.max_position_embeddings
+  if synth_start + len(prompt) + max_new_tokens > ctx:
+    raise ValueError(f"merged branches end at position {synth_start}; with the {len(prompt)}-"
+                     f"token synthesizer prompt and {max_new_tokens} new tokens that exceeds "
+                     f"the {ctx}-token context (use fewer or shorter branches, or shared_start)")
+  Tb = bucket(len(prompt))
+  tokens, positions = right_pad([prompt], Tb, start=synth_start)
+  m_graphdef, m_state = (nnx.split(adapter.mapper) if adapter.mapper is not None else (None, None))
+  logits, cache = _cache_prefill(
+      engine.graphdef, engine.state, m_graphdef, m_state, branches.cache, jnp.asarray(lengths),
+      jnp.asarray(starts, jnp.int32), prefix, tokens, positions,
+      extra_slots=Tb + bucket(max_new_tokens), lora=adapter.lora)
+  return logits, cache, synth_start + len(prompt)
+
+
+def text_prefill_parts(branches: Branches, text_ids: Sequence[int]):
+  """The text prompt split at the prefix it shares with the workers (whose cache is reused)."""
+  n = common_prefix_len([branches.prefix_tokens, list(text_ids)]) if branches.prefix_tokens else 0
+  n = min(n, len(text_ids) - 1)
+  return n, list(text_ids[n:])
+
+
+@dataclasses.dataclass
+class Synthesis:
+  answer_ids: list[int]
+  ttft_s: float  # from branches ready to the first synthesizer token on the host
+  total_s: float
+
+
+def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
+                             prompt_ids: Sequence[int], sampling: SamplingConfig,
+                             eos_ids: Sequence[int] = (), *, mode: str = "shared_start",
+                             adapter: Adapter | None = None) -> Synthesis:
+  """Runs one synthesis method on ready branches. `prompt_ids`: that method's prompt."""
+  if method not in METHODS:
+    raise ValueError(f"method {method!r} unknown; choose from {METHODS}")
+  t0 = time.perf_counter()
+  if method == "text":
+    n, rest = text_prefill_parts(branches, prompt_ids)
+    engine.check_fits(len(prompt_ids), 1)
+    Rb = bucket(len(rest))
+    if n:
+      cache = ops.extend(ops.truncate(branches.prefix, n), Rb + bucket(sampling.max_new_tokens))
+    else:
+      cache = init_cache(engine.config, 1, Rb + bucket(sampling.max_new_tokens))
+    tokens, positions = right_pad([rest], Rb, start=n)
+    gen = engine.continue_from(cache, tokens, positions, [len(prompt_ids)], sampling, eos_ids,
+                               t0=t0, attend_cache=n > 0)
+    return Synthesis(gen.tokens[0], gen.ttft_s, gen.total_s)
+  adapter = adapter if method == "cache" else None
+  logits, cache, next_pos = cache_prefill(engine, branches, prompt_ids, mode=mode,
+                                          adapter=adapter, max_new_tokens=sampling.max_new_tokens)
+  first = np.asarray(jnp.argmax(logits, -1)) if sampling.temperature == 0 else _sample_first(
+      logits, sampling)
+  gen = engine.decode_from(first, cache, [next_pos], sampling, eos_ids, t0=t0,
+                           lora=bool(adapter and adapter.lora))
+  return Synthesis(gen.tokens[0], gen.ttft_s, gen.total_s)
+
+
+def _sample_first(logits, sampling: SamplingConfig) -> np.ndarray:
+  from psynth.synthesis.sampling import sample
+  key = jax.random.key(sampling.seed)
+  return np.asarray(sample(logits, key, jnp.float32(sampling.temperature),
+                           jnp.float32(sampling.top_p), greedy=False))
