@@ -39,8 +39,6 @@ class Branches:
 
 def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slots: int):
   """Prefills the shared prefix once; returns (P, Pb, prefix cache, N-row cache, own parts)."""
-  if not prompts:
-    raise ValueError("need at least one branch; got zero")
   P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
   P = max(P, 0)
   Pb = bucket(P) if P else 0
@@ -57,6 +55,8 @@ def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slo
 def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
                 eos_ids: Sequence[int] = ()) -> Branches:
   """Runs one worker per prompt, batched, and keeps what they generated as branch caches."""
+  if not prompts:
+    raise ValueError("need at least one branch; got zero")
   t0 = time.perf_counter()
   lens = np.array([len(p) for p in prompts], np.int32)
   max_new = engine.check_fits(int(lens.max()), sampling.max_new_tokens)
@@ -77,6 +77,8 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                     outputs: Sequence[Sequence[int]]) -> Branches:
   """Branch caches for finished outputs, as if worker i had generated outputs[i] after prompts[i]."""
+  if not outputs:
+    raise ValueError("need at least one branch; got zero")
   if len(prompts) != len(outputs):
     raise ValueError(f"{len(prompts)} worker prompts but {len(outputs)} outputs")
   for i, o in enumerate(outputs):

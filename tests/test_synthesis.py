@@ -1,0 +1,154 @@
+"""Parallel-Synthesis on tiny models: exact re-encoding, identities, batching, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import TINY_MODELS
+from psynth.cache import mapper as mapper_lib
+from psynth.cache import ops
+from psynth.convert.hf_checkpoint import load_params
+from psynth.model import rope
+from psynth.model.config import ModelConfig
+from psynth.model.lora import add_lora
+from psynth.model.transformer import forward, init_cache
+from psynth.synthesis.fanout import encode_branches, run_workers
+from psynth.synthesis.generate import Engine, SamplingConfig
+from psynth.synthesis.synthesize import Adapter, cache_prefill
+
+ROPE_KINDS = ["llama_gqa", "llama3_rope", "linear_rope", "yarn_rope", "qwen3"]
+
+
+def _model(tiny_checkpoint, name="llama_gqa"):
+  path, _ = tiny_checkpoint(name)
+  return load_params(ModelConfig.from_hf(path), path)
+
+
+@pytest.mark.parametrize("name", ROPE_KINDS)
+def test_reencoding_is_exact(name, tiny_checkpoint):
+  """A branch prefilled at 0 and moved to p equals the same branch prefilled at p."""
+  model = _model(tiny_checkpoint, name)
+  cfg = model.config
+  n, p = 24, 300  # far enough that every rope scaling regime is exercised
+  toks = np.random.RandomState(1).randint(0, cfg.vocab_size, (1, n)).astype(np.int32)
+  at = lambda start: forward(model, toks, (start + np.arange(n, dtype=np.int32))[None],
+                             init_cache(cfg, 1, n))[1]
+  inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
+  moved = ops.reposition(at(0), jnp.array([p]), jnp.asarray(inv_freq))
+  ref = at(p)
+  np.testing.assert_array_equal(np.asarray(moved.positions), np.asarray(ref.positions))
+  assert np.abs(np.asarray(moved.k) - np.asarray(ref.k)).max() <= 1e-4
+  assert np.abs(np.asarray(moved.v) - np.asarray(ref.v)).max() <= 1e-4
+
+
+def test_one_branch_sequential_equals_one_forward(tiny_checkpoint):
+  """Identity mapper, LoRA off: synthesizer logits == one forward over [branch ++ prompt]."""
+  model = _model(tiny_checkpoint)
+  rng = np.random.RandomState(2)
+  branch = rng.randint(0, 128, 13).tolist()
+  synth = rng.randint(0, 128, 7).tolist()
+  engine = Engine(model)
+  br = encode_branches(engine, [[]], [branch])
+  mapper = mapper_lib.CacheMapper("affine", model.config.num_layers, model.config.num_kv_heads,
+                                  rngs=nnx.Rngs(0))
+  logits, _, next_pos = cache_prefill(engine, br, synth, mode="sequential",
+                                      adapter=Adapter(mapper=mapper, lora=False))
+  seq = np.array([branch + synth], np.int32)
+  ref, _ = forward(model, seq, np.arange(20, dtype=np.int32)[None], init_cache(model.config, 1, 20))
+  assert next_pos == 20
+  assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-4
+
+
+def test_mapper_is_identity_at_init_and_has_260_params():
+  for kind in mapper_lib.MAPPER_KINDS:
+    m = mapper_lib.CacheMapper(kind, 4, 2, rngs=nnx.Rngs(0))
+    c = mapper_lib.coefficients(m, jnp.array([[5, 9, 1]]))
+    np.testing.assert_array_equal(np.asarray(c[0]), 1.0)  # a_k
+    np.testing.assert_array_equal(np.asarray(c[1]), 0.0)  # b_k
+    np.testing.assert_array_equal(np.asarray(c[2]), 1.0)  # a_v
+    np.testing.assert_array_equal(np.asarray(c[3]), 0.0)  # b_v
+  affine = mapper_lib.CacheMapper("affine", 30, 3, rngs=nnx.Rngs(0))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(affine, mapper_lib.MapperParam)))
+  assert n == 260
+
+
+def test_trained_mapper_changes_only_valid_slots(tiny_checkpoint):
+  model = _model(tiny_checkpoint)
+  br = encode_branches(Engine(model), [[1, 2, 3], [4, 5]], [[7, 8, 9, 10], [11]])
+  m = mapper_lib.CacheMapper("per_head", model.config.num_layers, model.config.num_kv_heads,
+                             rngs=nnx.Rngs(0))
+  m.w2.set_value(jnp.ones_like(m.w2[...]))  # pretend training moved it
+  out = mapper_lib.apply(m, br.cache, jnp.asarray(br.lengths)[None])
+  valid = np.asarray(br.cache.valid)[None, :, :, None, None]
+  changed = np.asarray(out.k) != np.asarray(br.cache.k)
+  assert changed[np.broadcast_to(valid, changed.shape)].all()
+  assert not changed[~np.broadcast_to(valid, changed.shape)].any()
+
+
+def test_lora_is_identity_at_init_and_off_is_bit_identical(tiny_checkpoint):
+  base = _model(tiny_checkpoint)
+  toks = np.random.RandomState(3).randint(0, 128, (2, 9)).astype(np.int32)
+  pos = np.tile(np.arange(9, dtype=np.int32), (2, 1))
+  run = lambda m, lora: np.asarray(forward(m, toks, pos, init_cache(m.config, 2, 9), lora=lora)[0])
+  ref = run(base, False)
+  adapted = add_lora(_model(tiny_checkpoint), rank=4, alpha=8, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(run(adapted, False), ref)
+  assert np.abs(run(adapted, True) - ref).max() <= 1e-6  # B = 0: identity at init
+  for blk in adapted.layers:  # now a trained adapter: on differs, off is still the base model
+    blk.attn.q.lora_b.set_value(jnp.full_like(blk.attn.q.lora_b[...], 0.05))
+  np.testing.assert_array_equal(run(adapted, False), ref)
+  assert np.abs(run(adapted, True) - ref).max() > 1e-3
+  n_lora = sum(x.size for x in jax.tree.leaves(nnx.state(adapted, nnx.LoRAParam)))
+  cfg = base.config
+  D, HE, KE = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  per_layer = 4 * (2 * (D + HE) + 2 * (D + KE))  # rank 4 on q, o (D<->HE) and k, v (D->KE)
+  assert n_lora == cfg.num_layers * per_layer
+
+
+def test_batched_workers_equal_each_worker_alone(tiny_checkpoint):
+  engine = Engine(_model(tiny_checkpoint))
+  shared = [3, 14, 15, 92, 65]
+  prompts = [shared + [35, 89], shared + [79, 32, 38, 46, 26], shared + [43]]
+  sampling = SamplingConfig(max_new_tokens=9)
+  batched = run_workers(engine, prompts, sampling)
+  assert batched.prefix_tokens == shared
+  for i, p in enumerate(prompts):
+    alone = run_workers(engine, [p], sampling)
+    assert alone.tokens[0] == batched.tokens[i]
+    n = len(alone.tokens[0])
+    for field in ("k", "v"):
+      a = np.asarray(getattr(alone.cache, field))[:, 0, :n]
+      b = np.asarray(getattr(batched.cache, field))[:, i, :n]
+      assert np.abs(a - b).max() <= 1e-5
+    np.testing.assert_array_equal(np.asarray(batched.cache.positions)[i, :n], len(p) + np.arange(n))
+
+
+def test_generated_branch_cache_equals_encoded_outputs(tiny_checkpoint):
+  """Branch caches kept from decoding equal the fixed-branch route on the same texts."""
+  engine = Engine(_model(tiny_checkpoint))
+  prompts = [[5, 6, 7, 8], [5, 6, 9]]
+  gen = run_workers(engine, prompts, SamplingConfig(max_new_tokens=6))
+  enc = encode_branches(engine, prompts, gen.tokens)
+  for i, t in enumerate(gen.tokens):
+    n = len(t)
+    assert np.abs(np.asarray(gen.cache.k)[:, i, :n] - np.asarray(enc.cache.k)[:, i, :n]).max() <= 1e-5
+
+
+def test_bad_inputs(tiny_checkpoint):
+  engine = Engine(_model(tiny_checkpoint))
+  with pytest.raises(ValueError, match="need at least one branch; got zero"):
+    encode_branches(engine, [], [])
+  with pytest.raises(ValueError, match="branch 1 is empty"):
+    encode_branches(engine, [[1, 2], [1, 3]], [[4], []])
+  ctx = engine.config.max_position_embeddings
+  long = [[1]] * 3
+  br = encode_branches(engine, long, [[2] * 200] * 3)
+  with pytest.raises(ValueError, match=f"exceeds the {ctx}-token context"):
+    cache_prefill(engine, br, [1, 2, 3], mode="sequential")
+  cache_prefill(engine, br, [1, 2, 3], mode="shared_start")  # 200 + 3 fits
+  with pytest.raises(ValueError, match="position mode 'diagonal' unknown"):
+    cache_prefill(engine, br, [1, 2, 3], mode="diagonal")
+  with pytest.raises(ValueError, match=r"mapper kind='mlp'; supported"):
+    mapper_lib.CacheMapper("mlp", 2, 2, rngs=nnx.Rngs(0))
