@@ -12,6 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32"))
   c.sampling = ml_collections.ConfigDict(
       dict(max_new_tokens=128, temperature=0.0, top_p=1.0, seed=0))
+  c.synthesis = ml_collections.ConfigDict(dict(
+      mode="shared_start", worker_max_new_tokens=64, max_new_tokens=48))
   c.bench = ml_collections.ConfigDict(dict(
       prefill_lengths=(256, 1024, 2048), runs=5, decode_prompt=256, decode_tokens=64))
   return c

@@ -3,6 +3,7 @@
     import psynth
     loaded = psynth.load()                      # the embedded SmolLM2-135M-Instruct
     print(psynth.generate(loaded, "What is the capital of France?"))
+    r = psynth.synthesize(loaded, "question?", ["doc 1", "doc 2"], method="cache")
     logits, cache = psynth.forward(loaded.model, tokens, positions, cache)
 """
 
@@ -14,6 +15,8 @@ from psynth.model.config import ModelConfig
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis import chat
 from psynth.synthesis.generate import SamplingConfig
+from psynth.synthesis.pipeline import SynthesisResult, fan_out, synthesize
+from psynth.synthesis.synthesize import Adapter
 
 
 def generate(loaded: Loaded, prompt_or_messages, *, max_new_tokens: int = 128,
@@ -25,5 +28,5 @@ def generate(loaded: Loaded, prompt_or_messages, *, max_new_tokens: int = 128,
   return loaded.tokenizer.decode(out.tokens[0], skip_special_tokens=True)
 
 
-__all__ = ["KVCache", "Loaded", "ModelConfig", "SamplingConfig", "Transformer", "forward",
-           "generate", "init_cache", "load"]
+__all__ = ["Adapter", "KVCache", "Loaded", "ModelConfig", "SamplingConfig", "SynthesisResult",
+           "Transformer", "fan_out", "forward", "generate", "init_cache", "load", "synthesize"]

@@ -1,6 +1,8 @@
 """psynth command line: `python -m psynth COMMAND [--flags]`.
 
 Commands:
+  synthesize fan out, then text vs cache synthesis (no flags: the built-in example)
+             python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      prefill/decode vs HF:     python -m psynth bench prefill
 """
@@ -18,8 +20,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collect
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "generate: the question.")
 _SYSTEM = flags.DEFINE_string("system", None, "generate: an optional system prompt.")
 _OUT = flags.DEFINE_string("out", None, "bench: also write the report (markdown) to this file.")
+_QUESTION = flags.DEFINE_string("question", None, "synthesize: the question (default: built-in example).")
+_BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input (repeat the flag).")
 
-COMMANDS = {"generate": "answer one prompt", "bench": "bench prefill: psynth vs HF transformers"}
+COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
+            "bench": "bench prefill: psynth vs HF transformers"}
 
 
 def _generate(cfg) -> None:
@@ -31,6 +36,20 @@ def _generate(cfg) -> None:
   s = cfg.sampling
   print(psynth.generate(loaded, messages, max_new_tokens=s.max_new_tokens,
                         temperature=s.temperature, top_p=s.top_p, seed=s.seed))
+
+
+def _synthesize(cfg) -> None:
+  import psynth
+  from psynth.synthesis import demo
+
+  if bool(_QUESTION.value) != bool(_BRANCH.value):
+    raise app.UsageError("pass both --question and at least one --branch, or neither "
+                         "(the built-in example)")
+  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
+  s = cfg.synthesis
+  kw = dict(question=_QUESTION.value, documents=_BRANCH.value) if _QUESTION.value else {}
+  print(demo.run(loaded, mode=s.mode, worker_tokens=s.worker_max_new_tokens,
+                 answer_tokens=s.max_new_tokens, **kw))
 
 
 def _bench(cfg, what: str) -> None:
@@ -53,7 +72,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"usage: python -m psynth COMMAND [flags]; commands: {listing}")
   logging.getLogger().setLevel(logging.INFO)
   cfg = _CONFIG.value
-  if argv[1] == "generate":
+  if argv[1] == "synthesize":
+    _synthesize(cfg)
+  elif argv[1] == "generate":
     _generate(cfg)
   elif argv[1] == "bench":
     _bench(cfg, argv[2] if len(argv) > 2 else "prefill")

@@ -17,7 +17,8 @@ def tiny(tiny_checkpoint):
 
 
 def test_bucket():
-  assert [bucket(n) for n in (1, 16, 17, 100, 1024, 1025)] == [16, 16, 32, 128, 1024, 2048]
+  assert [bucket(n) for n in (1, 16, 17, 72, 100, 1024, 1025)] == [16, 16, 20, 80, 112, 1024, 1280]
+  assert all(n <= bucket(n) < 1.25 * n + 16 for n in range(1, 5000))
 
 
 def test_greedy_batch_matches_hf_generate(tiny):

@@ -26,8 +26,15 @@ MIN_BUCKET = 16
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-  """The power of two >= n (and >= minimum): prompt lengths share a few compiled shapes."""
-  return max(minimum, 1 << max(0, n - 1).bit_length())
+  """n rounded up to a quarter-octave step (..., 64, 80, 96, 112, 128, 160, ...), >= minimum.
+
+  Lengths then share a few compiled shapes (4 per doubling) while padding wastes at most 25%
+  of a prefill (a plain power of two wastes up to 50%, which a time to first token feels).
+  """
+  if n <= minimum:
+    return minimum
+  step = 1 << max(0, (n - 1).bit_length() - 3)
+  return -(-n // step) * step
 
 
 @dataclasses.dataclass(frozen=True)
