@@ -15,5 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthesis = ml_collections.ConfigDict(dict(
       mode="shared_start", worker_max_new_tokens=64, max_new_tokens=48))
   c.bench = ml_collections.ConfigDict(dict(
-      prefill_lengths=(256, 1024, 2048), runs=5, decode_prompt=256, decode_tokens=64))
+      prefill_lengths=(256, 1024, 2048), runs=5, decode_prompt=256, decode_tokens=64,
+      ttft_branches=(2, 4, 8), ttft_branch_tokens=(128, 512, 1024)))
   return c

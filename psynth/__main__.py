@@ -4,7 +4,7 @@ Commands:
   synthesize fan out, then text vs cache synthesis (no flags: the built-in example)
              python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
-  bench      prefill/decode vs HF:     python -m psynth bench prefill
+  bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collect
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "generate: the question.")
 _SYSTEM = flags.DEFINE_string("system", None, "generate: an optional system prompt.")
 _OUT = flags.DEFINE_string("out", None, "bench: also write the report (markdown) to this file.")
+_JSON = flags.DEFINE_string("json", None, "bench ttft: also write the rows as JSON here.")
+_PLOT = flags.DEFINE_string("plot", None, "bench ttft: also draw the table as a PNG here.")
 _QUESTION = flags.DEFINE_string("question", None, "synthesize: the question (default: built-in example).")
 _BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input (repeat the flag).")
 
 COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
-            "bench": "bench prefill: psynth vs HF transformers"}
+            "bench": "bench prefill|ttft: psynth vs HF transformers"}
 
 
 def _generate(cfg) -> None:
@@ -54,13 +56,22 @@ def _synthesize(cfg) -> None:
 
 def _bench(cfg, what: str) -> None:
   import psynth
-  from psynth.bench import prefill
+  from psynth.bench import prefill, ttft
 
-  if what != "prefill":
-    raise app.UsageError(f"unknown benchmark {what!r}; available: prefill")
+  if what not in ("prefill", "ttft"):
+    raise app.UsageError(f"unknown benchmark {what!r}; available: prefill, ttft")
   loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
   b = cfg.bench
-  report = prefill.run(loaded, tuple(b.prefill_lengths), b.runs, b.decode_prompt, b.decode_tokens)
+  if what == "prefill":
+    report = prefill.run(loaded, tuple(b.prefill_lengths), b.runs, b.decode_prompt,
+                         b.decode_tokens)
+  else:
+    rows = ttft.run(loaded, tuple(b.ttft_branches), tuple(b.ttft_branch_tokens), b.runs)
+    report = ttft.report(rows, loaded, b.runs)
+    if _JSON.value:
+      ttft.write_json(rows, _JSON.value)
+    if _PLOT.value:
+      ttft.plot(rows, _PLOT.value)
   print(report)
   if _OUT.value:
     Path(_OUT.value).write_text(report)
