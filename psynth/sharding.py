@@ -39,7 +39,7 @@ def use_mesh(mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES) -> Iterator[Mes
   """Activates `mesh` + `rules` for `logical_spec`/`constrain` (and as JAX's mesh)."""
   token = _active.set((mesh, tuple(rules)))
   try:
-    with jax.sharding.use_mesh(mesh):
+    with jax.set_mesh(mesh):
       yield mesh
   finally:
     _active.reset(token)
@@ -72,3 +72,35 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   if active is None:
     return x
   return jax.lax.with_sharding_constraint(x, NamedSharding(active[0], logical_spec(axes)))
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp", "tensor") mesh; data=-1 takes the devices the others leave."""
+  devices = list(jax.devices() if devices is None else devices)
+  if data == -1:
+    data = len(devices) // (fsdp * tensor)
+  if data * fsdp * tensor != len(devices):
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} does not use the "
+                     f"{len(devices)} devices")
+  # Auto axes: XLA propagates shardings from the annotated parameters and caches (GSPMD).
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  return jax.make_mesh((data, fsdp, tensor), ("data", "fsdp", "tensor"), axis_types=auto,
+                       devices=devices)
+
+
+def shard_params(module, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
+  """Places every parameter of an NNX module by its `logical_axes` metadata (in place)."""
+  from flax import nnx
+
+  for _, var in nnx.to_flat_state(nnx.state(module)):
+    axes = var.get_metadata().get("logical_axes", (None,) * var.ndim)
+    var.set_value(jax.device_put(var[...], NamedSharding(mesh, logical_spec(axes, rules, mesh))))
+  return module
+
+
+def shard_cache(cache, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
+  """Places a KVCache: rows over the data axes, KV heads over the tensor axis."""
+  put = lambda x, axes: jax.device_put(x, NamedSharding(mesh, logical_spec(axes, rules, mesh)))
+  return cache.replace(k=put(cache.k, cache.logical_axes), v=put(cache.v, cache.logical_axes),
+                       positions=put(cache.positions, ("batch", "cache_seq")),
+                       valid=put(cache.valid, ("batch", "cache_seq")))

@@ -152,3 +152,31 @@ def test_bad_inputs(tiny_checkpoint):
     cache_prefill(engine, br, [1, 2, 3], mode="diagonal")
   with pytest.raises(ValueError, match=r"mapper kind='mlp'; supported"):
     mapper_lib.CacheMapper("mlp", 2, 2, rngs=nnx.Rngs(0))
+
+
+def test_mapper_checkpoint_round_trip_and_shape_check(tmp_path):
+  from psynth.convert.mapper_io import load_mapper, save_mapper
+  m = mapper_lib.CacheMapper("per_head", 4, 2, rngs=nnx.Rngs(0))
+  m.w2.set_value(jax.random.normal(jax.random.key(1), m.w2.shape))
+  save_mapper(m, tmp_path / "mapper")
+  back = load_mapper(tmp_path / "mapper", 4, 2)
+  for name in ("w1", "b1", "w2", "b2"):
+    np.testing.assert_array_equal(np.asarray(getattr(back, name)[...]),
+                                  np.asarray(getattr(m, name)[...]))
+  with pytest.raises(ValueError, match="made for a model with 4 layers and 2 KV heads; this "
+                                       "model has 30 layers and 3 KV heads"):
+    load_mapper(tmp_path / "mapper", 30, 3)
+
+
+def test_cache_path_answer_equals_generation_over_branch_then_prompt(tiny_checkpoint):
+  """One branch, sequential, no adapter: the whole greedy answer, not just the first token."""
+  from psynth.synthesis.synthesize import synthesize_from_branches
+  model = _model(tiny_checkpoint)
+  engine = Engine(model)
+  rng = np.random.RandomState(5)
+  branch, synth = rng.randint(0, 128, 11).tolist(), rng.randint(0, 128, 6).tolist()
+  br = encode_branches(engine, [[]], [branch])
+  got = synthesize_from_branches(engine, br, "naive", synth, SamplingConfig(max_new_tokens=10),
+                                 mode="sequential").answer_ids
+  ref = engine.generate([branch + synth], SamplingConfig(max_new_tokens=10)).tokens[0]
+  assert got == ref

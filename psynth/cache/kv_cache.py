@@ -59,9 +59,5 @@ class KVCache:
   def slots(self) -> int:
     return self.k.shape[2]
 
-  def lengths(self) -> jax.Array:
-    """Valid tokens per row, `[batch]` int32."""
-    return self.valid.sum(axis=1, dtype=jnp.int32)
-
   def replace(self, **kw) -> "KVCache":
     return dataclasses.replace(self, **kw)

@@ -7,8 +7,8 @@ initialisation (their last layer is zero).
 - `affine` (the reference form): per (branch, layer) features
   `[log1p(|o_i|), log1p(N), layer/(L-1)]` -> Linear(3,32) -> SiLU -> Linear(32,4) -> four
   scalars a_k = 1 + 0.1 tanh(r0), b_k = 0.1 tanh(r1), a_v, b_v; K' = a_k K + b_k, V' = a_v V + b_v.
-- `per_head`: the same features, but a scale and shift for every KV head and channel group:
-  Linear(3,32) -> SiLU -> Linear(32, 4*kv_heads) (one (a_k, b_k, a_v, b_v) per KV head).
+- `per_head`: the same features, but its own scale and shift for every KV head:
+  Linear(3,32) -> SiLU -> Linear(32, 4*kv_heads), i.e. one (a_k, b_k, a_v, b_v) per KV head.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ def reposition(cache: KVCache, new_start_B: jax.Array, inv_freq: jax.Array) -> K
   first = jnp.min(jnp.where(cache.valid, cache.positions, jnp.iinfo(jnp.int32).max), axis=1)
   delta_B = jnp.asarray(new_start_B, jnp.int32) - first
   delta_BxS = jnp.where(cache.valid, delta_B[:, None], 0)
-  k = jax.vmap(rerotate, in_axes=(0, None, None), out_axes=0)(
-      cache.k, delta_BxS, inv_freq)  # vmapped over layers
-  return cache.replace(k=k, positions=cache.positions + delta_BxS)
+  # One rotation table [B, S, E] serves every layer (broadcast, not recomputed per layer).
+  return cache.replace(k=rerotate(cache.k, delta_BxS[None], inv_freq),
+                       positions=cache.positions + delta_BxS)
 
 
 def tile_rows(cache: KVCache, n: int) -> KVCache:

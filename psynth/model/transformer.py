@@ -145,7 +145,8 @@ CACHE_BLOCK = 256  # cache slots per block
 
 
 def _scores(q_c, k_blk, kv_pos, kv_valid, q_pos_c, G):
-  """Masked float32 scores `[B, K, G*C, n]` of a query chunk against a block of n keys."""
+  """Masked float32 scores `[B, K, G*C, n]` of a query chunk against a block of n keys, and
+  the visibility mask `[B, C, n]`."""
   B, K, GC, _ = q_c.shape
   s = jnp.einsum("bkme,bkse->bkms", q_c, k_blk, preferred_element_type=jnp.float32)
   visible = kv_valid[:, None, :] & (kv_pos[:, None, :] <= q_pos_c[:, :, None])  # [B, C, n]
@@ -216,10 +217,15 @@ def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array
     if cache is not None:
 
       def cache_block(j, carry):
-        s, visible = _scores(q_c, cut(k_c, j, CB, 2), cut(pos_c, j, CB, 1),
-                             cut(valid_c, j, CB, 1), q_pos, G)
-        return jax.lax.cond(visible.any(), lambda c: _online_update(c, s, cut(v_c, j, CB, 2)),
-                            lambda c: c, carry)
+        blk_pos, blk_valid = cut(pos_c, j, CB, 1), cut(valid_c, j, CB, 1)
+
+        def update(c):
+          s, _ = _scores(q_c, cut(k_c, j, CB, 2), blk_pos, blk_valid, q_pos, G)
+          return _online_update(c, s, cut(v_c, j, CB, 2))
+
+        # Decide on the cheap mask first: an empty or future-only block costs no matmul.
+        seen = (blk_valid[:, None, :] & (blk_pos[:, None, :] <= q_pos[:, :, None])).any()
+        return jax.lax.cond(seen, update, lambda c: c, carry)
 
       carry = jax.lax.fori_loop(0, Sp // CB, cache_block, carry)
     _, l, acc = carry
