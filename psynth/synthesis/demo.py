@@ -38,7 +38,7 @@ def run(loaded: Loaded, *, question: str = QUESTION, documents=DOCUMENTS,
     compile_s[method] = first.ttft_s - results[method].ttft_s
   wrap = lambda s: textwrap.fill(s, 96, initial_indent="    ", subsequent_indent="    ")
   lines = [f"Question: {question}", "",
-           f"{len(documents)} workers, batched, {branches.worker_s:.1f} s "
+           f"{len(documents)} workers, batched, {branches.worker_s:.1f} s including compile "
            f"(branch lengths {branches.lengths.tolist()} tokens):"]
   for i, text in enumerate(results["cache"].branch_texts):
     lines += [f"  worker {i + 1}:", wrap(text)]
