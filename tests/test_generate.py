@@ -1,6 +1,5 @@
 """Generation on tiny models: greedy ids equal HF's, sampling is seeded, buckets and errors."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import TINY_MODELS
 from psynth.cache import mapper as mapper_lib
 from psynth.cache import ops
 from psynth.convert.hf_checkpoint import load_params
