@@ -1,6 +1,7 @@
 """Default config: the embedded SmolLM2-135M-Instruct, runs on a 2-core laptop.
 
     python -m psynth generate --config=configs/smollm2_135m.py --config.sampling.temperature=0.7
+    python -m psynth train --config=configs/smollm2_135m.py --config.workdir=runs/smollm2
 """
 
 import ml_collections
@@ -8,12 +9,31 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/smollm2_135m"  # train: TensorBoard events, checkpoints/, adapter/
   # "smollm2-135m-instruct" (embedded, no hub), an HF checkpoint dir, a .gguf file or a hub id.
   c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32"))
   c.sampling = ml_collections.ConfigDict(
       dict(max_new_tokens=128, temperature=0.0, top_p=1.0, seed=0))
   c.synthesis = ml_collections.ConfigDict(dict(
       mode="shared_start", worker_max_new_tokens=64, max_new_tokens=48))
+  # The synthesizer adapter (reference: rank 16, alpha 32 on q/k/v/o) and the cache mapper.
+  c.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, targets=("q", "k", "v", "o")))
+  c.mapper = ml_collections.ConfigDict(dict(kind="affine"))  # affine | per_head | none
+  c.data = ml_collections.ConfigDict(dict(
+      dir="",  # benchmark files; "" = $PSYNTH_DATA or ../shared/data
+      out_dir="runs/data/smollm2_135m",  # train.jsonl / val.jsonl with generated branches
+      max_branch_tokens=96, max_target_tokens=64))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
+      weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
+      keep_checkpoints=3))
+  # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Several processes: a coordinator "host:port" with their count and this one's id, or
+  # auto=True on Cloud TPU pods / SLURM (JAX finds the cluster). One process needs nothing.
+  c.dist = ml_collections.ConfigDict(dict(coordinator="", num_processes=1, process_id=0,
+                                          auto=False))
   c.bench = ml_collections.ConfigDict(dict(
       prefill_lengths=(256, 1024, 2048), runs=5, decode_prompt=256, decode_tokens=64,
       ttft_branches=(2, 4, 8), ttft_branch_tokens=(128, 512, 1024)))

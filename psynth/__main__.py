@@ -5,6 +5,10 @@ Commands:
              python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
+  train      the synthesizer LoRA + cache mapper:
+             python -m psynth train --config=configs/tiny.py --config.workdir=DIR --config.train.steps=N
+  export     an adapter as merged HF weights, a PEFT adapter or the reference release:
+             python -m psynth export --what=merged|peft|reference|psynth --adapter=DIR --out=DIR
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ _JSON = flags.DEFINE_string("json", None, "bench ttft: also write the rows as JS
 _PLOT = flags.DEFINE_string("plot", None, "bench ttft: also draw the table as a PNG here.")
 _QUESTION = flags.DEFINE_string("question", None, "synthesize: the question (default: built-in example).")
 _BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input (repeat the flag).")
+_WHAT = flags.DEFINE_enum("what", "merged", ["merged", "peft", "reference", "psynth"],
+                          "export: merged HF checkpoint, PEFT adapter, reference release "
+                          "(cache_mapper.pt + judger_lora/) or psynth adapter dir.")
+_ADAPTER = flags.DEFINE_string("adapter", None, "export: an adapter dir (psynth, PEFT or "
+                               "reference release), e.g. WORKDIR/adapter after training.")
 
 COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
-            "bench": "bench prefill|ttft: psynth vs HF transformers"}
+            "bench": "bench prefill|ttft: psynth vs HF transformers",
+            "train": "train the synthesizer LoRA and cache mapper",
+            "export": "export an adapter: merged HF / PEFT / reference release"}
 
 
 def _generate(cfg) -> None:
@@ -89,6 +100,14 @@ def main(argv: list[str]) -> None:
     _generate(cfg)
   elif argv[1] == "bench":
     _bench(cfg, argv[2] if len(argv) > 2 else "prefill")
+  elif argv[1] == "export":
+    from psynth.convert import export
+    if not _ADAPTER.value or not _OUT.value:
+      raise app.UsageError("export needs --adapter=DIR (e.g. WORKDIR/adapter) and --out=DIR")
+    print(export.export_main(cfg, _WHAT.value, _ADAPTER.value, _OUT.value))
+  elif argv[1] == "train":
+    from psynth.train import main as train_main
+    train_main.run(cfg)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
   if name == default_model.DEFAULT_MODEL:
     return default_model.ensure_default_model()
+  if name == "tiny-random":
+    from psynth.convert.tiny_model import ensure_tiny_model
+    return ensure_tiny_model()
   if path.suffix == ".gguf":
     if not path.exists():
       raise FileNotFoundError(f"GGUF file {path} does not exist")
@@ -62,7 +65,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     return out
   if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
     raise FileNotFoundError(
-        f"model {name!r} not found; pass {default_model.DEFAULT_MODEL!r}, an HF checkpoint "
+        f"model {name!r} not found; pass {default_model.DEFAULT_MODEL!r}, 'tiny-random' (for "
+        "tests), an HF checkpoint "
         "directory, a .gguf file, or a hub id such as 'Qwen/Qwen3-0.6B' (needs network)")
   from huggingface_hub import snapshot_download  # only reached for hub ids, never in tests
   return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model",

@@ -89,12 +89,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
 
 
 def shard_params(module, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
-  """Places every parameter of an NNX module by its `logical_axes` metadata (in place)."""
+  """Places every parameter of an NNX module by its `logical_axes` metadata (in place).
+
+  The parameters must be host-local (as loaded); every process must hold the same values.
+  """
   from flax import nnx
 
   for _, var in nnx.to_flat_state(nnx.state(module)):
     axes = var.get_metadata().get("logical_axes", (None,) * var.ndim)
-    var.set_value(jax.device_put(var[...], NamedSharding(mesh, logical_spec(axes, rules, mesh))))
+    var.set_value(to_global(var[...], NamedSharding(mesh, logical_spec(axes, rules, mesh))))
   return module
 
 
@@ -104,3 +107,35 @@ def shard_cache(cache, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
   return cache.replace(k=put(cache.k, cache.logical_axes), v=put(cache.v, cache.logical_axes),
                        positions=put(cache.positions, ("batch", "cache_seq")),
                        valid=put(cache.valid, ("batch", "cache_seq")))
+
+
+def init_distributed(coordinator: str = "", num_processes: int = 1, process_id: int = 0,
+                     auto: bool = False) -> None:
+  """Starts `jax.distributed` when there is more than one process; one process needs nothing.
+
+  `auto`: let JAX find the cluster itself (Cloud TPU pods, SLURM). Otherwise a coordinator
+  "host:port" with the process count and this process's id (e.g. two local processes on
+  127.0.0.1). On CPU the processes talk through gloo collectives.
+  """
+  if not auto and num_processes <= 1:
+    return
+  if not auto and not coordinator:
+    raise ValueError(f"num_processes={num_processes} needs a coordinator address "
+                     "('host:port', e.g. 127.0.0.1:12345); or set auto for TPU pods / SLURM")
+  if not auto and not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id={process_id}; must be in [0, {num_processes})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def to_global(x, sharding: NamedSharding) -> jax.Array:
+  """A host array that every process holds in full -> one global array laid out by `sharding`
+  (each process contributes its addressable shards; works with one process or many)."""
+  import numpy as np
+
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

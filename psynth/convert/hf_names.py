@@ -21,7 +21,9 @@ from psynth.model.config import ModelConfig
 class Rule:
   hf: str  # HF name; "{i}" is the layer index for per-layer tensors
   path: tuple[str | int, ...]  # psynth parameter path; "{i}" is the layer index
-  kind: str  # "linear": HF [out, in] <-> psynth [*in, *out];  "vector": a reshape only
+  # "linear": HF [out, in] <-> psynth [*in, *out]; "vector": HF 1-D <-> psynth any shape (a
+  # reshape only, e.g. a q bias [heads, head_dim]); "table": the same array on both sides.
+  kind: str
   in_ndim: int = 1  # linear only: how many psynth axes are inputs
 
   @property
@@ -36,7 +38,7 @@ _MLP = "model.layers.{i}.mlp"
 def rules(cfg: ModelConfig) -> list[Rule]:
   """The rules for `cfg`'s architecture (biases, q/k norms, head tying)."""
   L = ("layers", "{i}")
-  out = [Rule("model.embed_tokens.weight", ("embed",), "vector")]
+  out = [Rule("model.embed_tokens.weight", ("embed",), "table")]
   for name in "qkv":
     out.append(Rule(f"{_ATTN}.{name}_proj.weight", (*L, "attn", name, "kernel"), "linear"))
     if cfg.qkv_bias:
@@ -82,4 +84,4 @@ def to_hf(rule: Rule, array: np.ndarray) -> np.ndarray:
   if rule.kind == "linear":
     n_in = math.prod(array.shape[:rule.in_ndim])
     return np.ascontiguousarray(array.reshape(n_in, -1).T)
-  return array.reshape(-1)
+  return array if rule.kind == "table" else array.reshape(-1)

@@ -213,7 +213,11 @@ def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array
 
     carry = (jnp.full((B, K, G * C, 1), _NEG, jnp.float32),
              jnp.zeros((B, K, G * C, 1), jnp.float32), jnp.zeros((B, K, G * C, E), jnp.float32))
-    carry = jax.lax.fori_loop(0, i + 1, own_block, carry)
+    # Static bounds (a scan: reverse-mode differentiable, for training); the blocks after
+    # this query chunk are skipped by the cond, never computed.
+    carry = jax.lax.fori_loop(
+        0, nq, lambda j, c: jax.lax.cond(j <= i, lambda c: own_block(j, c), lambda c: c, c),
+        carry)
     if cache is not None:
 
       def cache_block(j, carry):

@@ -1,0 +1,30 @@
+"""Tiny config for tests: a 2-layer random model with the default tokenizer; seconds per run.
+
+    python -m psynth train --config=configs/tiny.py --config.workdir=/tmp/tiny --config.train.steps=5
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/smollm2_135m.py's config (loaded by path: config files are not a package)."""
+  path = pathlib.Path(__file__).with_name("smollm2_135m.py")
+  spec = importlib.util.spec_from_file_location("psynth_config_smollm2_135m", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default_config()
+  c.workdir = "runs/tiny"
+  c.model.name = "tiny-random"
+  c.lora.rank, c.lora.alpha = 4, 8.0
+  c.data.out_dir = "runs/data/tiny"
+  c.data.max_branch_tokens, c.data.max_target_tokens = 32, 24
+  c.synthesis.worker_max_new_tokens, c.synthesis.max_new_tokens = 8, 8
+  c.train.update(steps=20, batch_size=2, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10)
+  return c

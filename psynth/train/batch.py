@@ -1,0 +1,119 @@
+"""Examples with saved branches -> fixed-shape numpy batches for the train step (host side).
+
+A batch holds, for B examples of N branches each:
+- the worker rows `[B*N, W]`: worker prompt p_i ++ branch output o_i (row b*N + j is branch j
+  of example b), positions 0.. and -1 for padding, and `out_start` = |p_i|: the branch cache
+  is the K/V of slots >= out_start only;
+- the synthesizer rows `[B, T]`: synthesizer prompt (no worker text) ++ target ++ stop token,
+  positions relative to the start of the synthesizer prompt; `loss_mask[b, t]` is 1 where
+  token t+1 is a target token (the prediction made at t is scored);
+- optionally the text-synthesizer rows `[B, Tt]` (the branch texts pasted into the prompt,
+  then the same target), with `teacher_index[b, t]`: the index in that row that predicts
+  the same target token as student index t (for a KL term against text synthesis).
+Lengths are padded to `bucket` sizes so a run compiles a handful of shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from psynth.data.example import Example
+from psynth.synthesis import chat, prompts
+from psynth.synthesis.generate import bucket
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenized:
+  """One example as token ids."""
+
+  worker_prompts: list[list[int]]  # N x |p_i|
+  branch_outputs: list[list[int]]  # N x |o_i|
+  synth_prompt: list[int]
+  target: list[int]  # ends with the stop token
+  text_prompt: list[int] | None = None  # the text synthesizer's prompt (for distillation KL)
+
+
+def tokenize(tokenizer, ex: Example, stop_id: int, *, system: str = prompts.DEFAULT_SYSTEM,
+             with_text: bool = False, max_branch_tokens: int = 256,
+             max_target_tokens: int = 128) -> Tokenized:
+  """Chat-templated prompts as at inference (same `psynth.synthesis.prompts`)."""
+  if ex.branch_outputs is None:
+    raise ValueError(f"example {ex.id!r} has no branch_outputs; generate its branches first "
+                     "(python -m psynth data)")
+  if not ex.target.strip():
+    raise ValueError(f"example {ex.id!r} has an empty target")
+  enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
+  outs = [enc(o)[:max_branch_tokens] for o in ex.branch_outputs]
+  for i, o in enumerate(outs):
+    if not o:
+      raise ValueError(f"example {ex.id!r}: branch {i} output is empty")
+  worker = [chat.encode(tokenizer, prompts.worker(ex.question, b, system)) for b in ex.branch_inputs]
+  synth = chat.encode(tokenizer, prompts.synth_cache(ex.question, system))
+  text = (chat.encode(tokenizer, prompts.synth_text(ex.question, ex.branch_outputs, system))
+          if with_text else None)
+  target = enc(ex.target)[:max_target_tokens - 1] + [stop_id]
+  return Tokenized(worker, outs, synth, target, text)
+
+
+def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
+            with_text: bool = False) -> dict[str, np.ndarray]:
+  """Pads B tokenized examples (same N) into arrays; `sizes` fixes W/T/Tt (else bucketed)."""
+  N = len(items[0].worker_prompts)
+  if any(len(it.worker_prompts) != N for it in items):
+    raise ValueError(f"examples in one batch need the same number of branches; got "
+                     f"{sorted({len(it.worker_prompts) for it in items})}")
+  B = len(items)
+  rows = [p + o for it in items for p, o in zip(it.worker_prompts, it.branch_outputs)]
+  synth = [it.synth_prompt + it.target for it in items]
+  sizes = dict(sizes or {})
+  W = sizes.get("W") or bucket(max(map(len, rows)))
+  T = sizes.get("T") or bucket(max(map(len, synth)))
+  if max(map(len, rows)) > W or max(map(len, synth)) > T:
+    raise ValueError(f"batch needs W={max(map(len, rows))}, T={max(map(len, synth))}; "
+                     f"sizes given {sizes}")
+  out = dict(
+      worker_tokens=np.zeros((B * N, W), np.int32),
+      worker_positions=np.full((B * N, W), -1, np.int32),
+      out_start=np.zeros((B * N,), np.int32),
+      branch_lengths=np.zeros((B, N), np.int32),
+      synth_tokens=np.zeros((B, T), np.int32),
+      synth_positions=np.full((B, T), -1, np.int32),
+      loss_mask=np.zeros((B, T), np.float32),
+  )
+  for r, row in enumerate(rows):
+    out["worker_tokens"][r, :len(row)] = row
+    out["worker_positions"][r, :len(row)] = np.arange(len(row))
+  for b, it in enumerate(items):
+    out["out_start"][b * N:(b + 1) * N] = [len(p) for p in it.worker_prompts]
+    out["branch_lengths"][b] = [len(o) for o in it.branch_outputs]
+    seq = synth[b]
+    out["synth_tokens"][b, :len(seq)] = seq
+    out["synth_positions"][b, :len(seq)] = np.arange(len(seq))
+    P = len(it.synth_prompt)
+    out["loss_mask"][b, P - 1:len(seq) - 1] = 1.0  # position t predicts token t+1
+  if with_text:
+    text = [it.text_prompt + it.target for it in items]
+    Tt = sizes.get("Tt") or bucket(max(map(len, text)))
+    out["teacher_tokens"] = np.zeros((B, Tt), np.int32)
+    out["teacher_positions"] = np.full((B, Tt), -1, np.int32)
+    out["teacher_index"] = np.zeros((B, T), np.int32)
+    for b, it in enumerate(items):
+      out["teacher_tokens"][b, :len(text[b])] = text[b]
+      out["teacher_positions"][b, :len(text[b])] = np.arange(len(text[b]))
+      shift = len(it.text_prompt) - len(it.synth_prompt)
+      idx = np.arange(T) + shift
+      out["teacher_index"][b] = np.clip(idx, 0, Tt - 1) * (out["loss_mask"][b] > 0)
+  return out
+
+
+def batch_sizes(items: Sequence[Tokenized], with_text: bool = False) -> dict[str, int]:
+  """Bucketed W/T/Tt that fit every item: fix them for a whole run to compile once."""
+  sizes = dict(W=bucket(max(len(p) + len(o) for it in items
+                            for p, o in zip(it.worker_prompts, it.branch_outputs))),
+               T=bucket(max(len(it.synth_prompt) + len(it.target) for it in items)))
+  if with_text:
+    sizes["Tt"] = bucket(max(len(it.text_prompt) + len(it.target) for it in items))
+  return sizes

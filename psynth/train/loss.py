@@ -1,0 +1,97 @@
+"""The training objective as pure functions: branch caches -> cache path -> target loss.
+
+Everything a train step computes from a batch (see `psynth.train.batch`):
+1. `branch_caches`: the workers' rows p_i ++ o_i through the *base* model (LoRA off), keeping
+   only the slots of o_i valid: the branch caches, as at inference.
+2. `synth_logits`: re-encode (shared_start or sequential), calibrate with the mapper, merge,
+   and run the synthesizer rows (prompt ++ target) after the merged span with the LoRA on.
+3. `loss_terms`: summed cross-entropy over target tokens (and, optionally, summed KL from the
+   text synthesizer's distribution), with the token count: the step divides sums by counts
+   over the whole global batch, so splitting it into micro-batches or devices changes nothing.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from psynth.cache import mapper as mapper_lib
+from psynth.cache import ops
+from psynth.cache.kv_cache import KVCache
+from psynth.model import rope
+from psynth.model.transformer import Transformer, forward, init_cache
+
+TRAIN_MODES = ("shared_start", "sequential")
+
+
+def branch_caches(model: Transformer, worker_tokens, worker_positions, out_start) -> KVCache:
+  """`[L, B*N, W]` caches whose valid slots are the branch outputs o_i (at positions |p_i|+j)."""
+  BN, W = worker_tokens.shape
+  cache = init_cache(model.config, BN, W)
+  _, cache = forward(model, worker_tokens, worker_positions, cache, last_only=True,
+                     attend_cache=False, lora=False)
+  keep = jnp.arange(W)[None, :] >= out_start[:, None]
+  return jax.lax.stop_gradient(cache.replace(valid=cache.valid & keep))
+
+
+def branch_starts(lengths_BxN: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
+  """Start of every branch `[B*N]` and of the synthesizer prompt `[B]` (traced)."""
+  if mode == "shared_start":
+    starts = jnp.zeros_like(lengths_BxN)
+    return starts.reshape(-1), lengths_BxN.max(axis=1)
+  if mode == "sequential":
+    ends = jnp.cumsum(lengths_BxN, axis=1)
+    return (ends - lengths_BxN).reshape(-1), ends[:, -1]
+  raise ValueError(f"training position mode {mode!r}; supported: {TRAIN_MODES}")
+
+
+def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
+                 lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
+                 lora: bool = True) -> jax.Array:
+  """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches."""
+  B, N = lengths_BxN.shape
+  T = synth_tokens.shape[1]
+  inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
+  starts, synth_start = branch_starts(lengths_BxN, mode)
+  moved = ops.reposition(branches, starts, jnp.asarray(inv_freq))
+  if mapper is not None:
+    moved = mapper_lib.apply(mapper, moved, lengths_BxN)
+  merged = ops.extend(ops.merge_rows(moved, N), T)
+  positions = jnp.where(synth_positions >= 0, synth_positions + synth_start[:, None], -1)
+  logits, _ = forward(model, synth_tokens, positions, merged, lora=lora)
+  return logits
+
+
+def text_logits(model: Transformer, teacher_tokens, teacher_positions) -> jax.Array:
+  """The text synthesizer (base model, branch texts in the prompt): logits `[B, Tt, V]`."""
+  B, Tt = teacher_tokens.shape
+  logits, _ = forward(model, teacher_tokens, teacher_positions, init_cache(model.config, B, Tt),
+                      attend_cache=False, lora=False)
+  return jax.lax.stop_gradient(logits)
+
+
+def loss_terms(logits_BxTxV, batch, teacher_logits=None) -> dict[str, jax.Array]:
+  """Sums over scored tokens: `ce`, `kl` (text synthesizer || cache synthesizer), `tokens`."""
+  labels = jnp.roll(batch["synth_tokens"], -1, axis=1)  # position t predicts token t+1
+  mask = batch["loss_mask"]
+  logp = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  out = dict(ce=(nll * mask).sum(), tokens=mask.sum(), kl=jnp.zeros((), jnp.float32))
+  if teacher_logits is not None:
+    t = jnp.take_along_axis(teacher_logits, batch["teacher_index"][..., None], axis=1)
+    logp_t = jax.nn.log_softmax(t, axis=-1)
+    kl = (jnp.exp(logp_t) * (logp_t - logp)).sum(-1)
+    out["kl"] = (kl * mask).sum()
+  return out
+
+
+def compute(model: Transformer, mapper, batch, *, mode: str = "shared_start", lora: bool = True,
+            kl: bool = False) -> dict[str, jax.Array]:
+  """All loss sums of one (micro-)batch."""
+  branches = branch_caches(model, batch["worker_tokens"], batch["worker_positions"],
+                           batch["out_start"])
+  logits = synth_logits(model, mapper, branches, batch["branch_lengths"], batch["synth_tokens"],
+                        batch["synth_positions"], mode=mode, lora=lora)
+  teacher = (text_logits(model, batch["teacher_tokens"], batch["teacher_positions"])
+             if kl else None)
+  return loss_terms(logits, batch, teacher)
