@@ -27,7 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
-      keep_checkpoints=3))
+      keep_checkpoints=3,
+      # Compute every example's branch K/V once and keep it on the host (same numbers,
+      # no workers' prefill per step); False re-encodes the saved branch texts every step.
+      cache_branches=True))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Several processes: a coordinator "host:port" with their count and this one's id, or

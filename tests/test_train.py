@@ -117,6 +117,16 @@ def test_mesh_of_8_devices_matches_one_device(tmp_path):
   np.testing.assert_allclose(b.losses, a.losses, rtol=0, atol=1e-5)
 
 
+def test_cached_branches_give_the_same_losses_as_reencoding(tmp_path):
+  data, val = examples(4), examples(2)
+  kw = dict(steps=2, batch_size=2, lr=1e-2, warmup_steps=1, save_every=100, eval_every=2)
+  runs = [Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / str(c), cache_branches=c, **kw),
+                  mesh=one_device()).fit(data, val, progress=False) for c in (True, False)]
+  np.testing.assert_allclose(runs[0].losses, runs[1].losses, rtol=0, atol=1e-5)
+  assert runs[0].naive_eval == pytest.approx(runs[1].naive_eval, abs=1e-5)
+  assert runs[0].eval[-1][1] == pytest.approx(runs[1].eval[-1][1], abs=1e-5)
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
   data = examples(4)
   kw = dict(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, save_every=100)

@@ -27,9 +27,11 @@ from psynth.data.example import Example
 from psynth.loading import Loaded
 from psynth.model.lora import add_lora
 from psynth.train import batch as batch_lib
+from psynth.train import loss as loss_lib
 from psynth.train import step as step_lib
 from psynth.train.checkpoint import Checkpoints
 from psynth.train.logs import ScalarWriter
+from psynth.synthesis.generate import bucket
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,15 @@ class History:
   compile_s: float | None = None
 
 
+def gather(x) -> np.ndarray:
+  """A global array -> the whole of it as host numpy, on every process."""
+  from jax.experimental import multihost_utils
+
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def fetch(x) -> np.ndarray:
   """A replicated global array -> host numpy (this process's copy; works multi-host)."""
   return np.asarray(x.addressable_data(0))
@@ -124,6 +135,10 @@ class Trainer:
                                           kl_weight=float(t.kl_weight))
     self._step = jax.jit(train_step, in_shardings=(tr_sh, fr_sh, self._opt_sh, None),
                          out_shardings=(tr_sh, self._opt_sh, repl), donate_argnums=(0, 2))
+    self._encode = jax.jit(
+        lambda tr_, fr, b, length: loss_lib.encode_branches(self.split.merge(tr_, fr).model, b,
+                                                           length),
+        in_shardings=(tr_sh, fr_sh, None), static_argnums=3)
     self._eval = {
         key: jax.jit(step_lib.make_eval_step(self.split, mode=cfg.synthesis.mode, lora=on,
                                              use_mapper=on),
@@ -144,13 +159,46 @@ class Trainer:
         v, step_lib.batch_sharding(self.mesh, self.rules, v.ndim, accum=accum))
     return {k: put(v) for k, v in arrays.items()}
 
+  def encode_all(self, items, desc: str = "branch caches") -> list[dict[str, np.ndarray]]:
+    """Every example's branch caches, computed once (base model) and kept on the host:
+    later steps read them instead of re-running the workers' prefill (same numbers)."""
+    G = bucket(max(len(o) for it in items for o in it.branch_outputs))
+    c = self.loaded.config
+    per_example = (len(items[0].branch_outputs) * c.num_layers * G * c.num_kv_heads *
+                   c.head_dim * 2 * np.dtype(c.jnp_dtype).itemsize)
+    log.info("caching branch K/V of %d examples on the host: %.2f GB", len(items),
+             per_example * len(items) / 1e9)
+    out = []
+    steps = range(0, len(items), self.micro)
+    for i in tqdm(steps, desc=desc, disable=jax.process_index() != 0 or len(steps) < 4):
+      chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
+      b = {k: v for k, v in batch_lib.collate(chunk).items()
+           if k in ("worker_tokens", "worker_positions", "out_start")}
+      with sharding.use_mesh(self.mesh, self.rules):
+        enc = self._encode(self.trainable, self.frozen, self._to_device(b, accum=False), G)
+      enc = {k: gather(v) for k, v in enc.items()}
+      N = enc["branch_k"].shape[0] // len(chunk)
+      out += [{k: v[j * N:(j + 1) * N] for k, v in enc.items()} for j in range(n)]
+    return out
+
+  def host_batch(self, items, branches=None, with_text: bool = False) -> dict[str, np.ndarray]:
+    """A batch of tokenized examples as numpy; with `branches`, their cached branch K/V
+    replace the workers' rows."""
+    b = batch_lib.collate(items, with_text=with_text)
+    if branches is not None:
+      for k in ("worker_tokens", "worker_positions", "out_start"):
+        b.pop(k)
+      b.update({k: np.concatenate([br[k] for br in branches]) for k in branches[0]})
+    return b
+
   # ------------------------------------------------------------------ eval
-  def evaluate(self, items, which: str = "trained") -> float:
+  def evaluate(self, items, which: str = "trained", branches=None) -> float:
     """Mean target-token cross-entropy on `items` (val loss) for the trained or naive path."""
     ce = tokens = 0.0
     for i in range(0, len(items), self.micro):
       chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
-      b = batch_lib.collate(chunk)
+      br = None if branches is None else pad_items(list(branches[i:i + self.micro]), self.micro)[0]
+      b = self.host_batch(chunk, br)
       b["loss_mask"][n:] = 0.0  # padding examples score nothing
       dev = self._to_device(b, accum=False)
       with sharding.use_mesh(self.mesh, self.rules):
@@ -182,8 +230,12 @@ class Trainer:
       log.info("resumed from %s at step %d", ckpts.directory, start)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
     val_items = self.tokenize(val) if val else []
+    train_br = val_br = None
+    if t.cache_branches:
+      train_br = self.encode_all(train_items, "train branch caches")
+      val_br = self.encode_all(val_items, "val branch caches") if val_items else None
     if val_items:
-      hist.naive_eval = self.evaluate(val_items, "naive")
+      hist.naive_eval = self.evaluate(val_items, "naive", val_br)
       writer.write(start, {"eval/naive_loss": hist.naive_eval})
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
@@ -192,8 +244,13 @@ class Trainer:
     try:
       for s in bar:
         idx = batch_indices(len(train_items), s, t.batch_size, cfg.seed)
-        host = batch_lib.collate([train_items[i] for i in idx], with_text=t.kl_weight > 0)
-        n_tok = int((host["worker_positions"] >= 0).sum() + (host["synth_positions"] >= 0).sum())
+        host = self.host_batch([train_items[i] for i in idx],
+                               None if train_br is None else [train_br[i] for i in idx],
+                               with_text=t.kl_weight > 0)
+        # Tokens run through the model this step: the synthesizer rows (forward + backward),
+        # and the workers' rows too unless their branch caches were computed once up front.
+        n_tok = int((host["synth_positions"] >= 0).sum() + (
+            0 if train_br is not None else (host["worker_positions"] >= 0).sum()))
         batch = self._to_device(split_accum(host, self.accum), accum=True)
         t0 = time.perf_counter()
         with sharding.use_mesh(self.mesh, self.rules):
@@ -221,7 +278,7 @@ class Trainer:
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{m['loss']:.4f}")
         if val_items and (step % t.eval_every == 0 or step == end):
-          v = self.evaluate(val_items, "trained")
+          v = self.evaluate(val_items, "trained", val_br)
           hist.eval.append((step, v))
           writer.write(step, {"eval/loss": v})
           log.info("step %d: train loss %.4f, val loss %.4f (naive %.4f)", step, m["loss"], v,
@@ -239,10 +296,6 @@ class Trainer:
 
   def host_trainable(self) -> dict:
     """The trainable parameters gathered to host numpy on every process."""
-    from jax.experimental import multihost_utils
-
-    gather = lambda x: (np.asarray(x) if x.is_fully_addressable else
-                        np.asarray(multihost_utils.process_allgather(x, tiled=True)))
     return jax.tree.map(gather, self.trainable)
 
   def synthesizer(self) -> step_lib.Synthesizer:
