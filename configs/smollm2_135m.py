@@ -6,6 +6,8 @@
 
 import ml_collections
 
+from psynth.data.main import default_config as data_config
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -20,10 +22,12 @@ def get_config() -> ml_collections.ConfigDict:
   # The synthesizer adapter (reference: rank 16, alpha 32 on q/k/v/o) and the cache mapper.
   c.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, targets=("q", "k", "v", "o")))
   c.mapper = ml_collections.ConfigDict(dict(kind="affine"))  # affine | per_head | none
-  c.data = ml_collections.ConfigDict(dict(
-      dir="",  # benchmark files; "" = $PSYNTH_DATA or ../shared/data
-      out_dir="runs/data/smollm2_135m",  # train.jsonl / val.jsonl with generated branches
-      max_branch_tokens=96, max_target_tokens=64))
+  # Training data (`python -m psynth data`): examples built from the benchmark files, then
+  # their worker branches generated once; fields in psynth/data/main.py. Training reads
+  # out_dir/{train,val}.branches.jsonl, cutting branches and targets to these lengths.
+  c.data = data_config()
+  c.data.out_dir = "runs/data/smollm2_135m"
+  c.data.max_branch_tokens, c.data.max_target_tokens = 96, 64
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,

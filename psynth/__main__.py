@@ -5,6 +5,8 @@ Commands:
              python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
+  data       training examples from the benchmark files, then their branches (generated once):
+             python -m psynth data --config.data.out_dir=DIR [--config.data.limit_per_source=50]
   train      the synthesizer LoRA + cache mapper:
              python -m psynth train --config=configs/tiny.py --config.workdir=DIR --config.train.steps=N
   export     an adapter as merged HF weights, a PEFT adapter or the reference release:
@@ -36,6 +38,7 @@ _ADAPTER = flags.DEFINE_string("adapter", None, "export: an adapter dir (psynth,
 
 COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
             "bench": "bench prefill|ttft: psynth vs HF transformers",
+            "data": "build training examples, then generate their branches once",
             "train": "train the synthesizer LoRA and cache mapper",
             "export": "export an adapter: merged HF / PEFT / reference release"}
 
@@ -105,6 +108,9 @@ def main(argv: list[str]) -> None:
     if not _ADAPTER.value or not _OUT.value:
       raise app.UsageError("export needs --adapter=DIR (e.g. WORKDIR/adapter) and --out=DIR")
     print(export.export_main(cfg, _WHAT.value, _ADAPTER.value, _OUT.value))
+  elif argv[1] == "data":
+    from psynth.data.main import main as data_main
+    data_main(cfg)
   elif argv[1] == "train":
     from psynth.train import main as train_main
     train_main.run(cfg)

@@ -139,8 +139,8 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
 
 def write_data(out_dir: Path, train, val):
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "train.jsonl").write_text("".join(e.to_json() + "\n" for e in train))
-  (out_dir / "val.jsonl").write_text("".join(e.to_json() + "\n" for e in val))
+  (out_dir / "train.branches.jsonl").write_text("".join(e.to_json() + "\n" for e in train))
+  (out_dir / "val.branches.jsonl").write_text("".join(e.to_json() + "\n" for e in val))
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -196,10 +196,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_data_file_with_missing_fields_is_refused(tmp_path):
   good = json.loads(examples(1)[0].to_json())
   del good["target"]
-  (tmp_path / "train.jsonl").write_text(json.dumps(good) + "\n")
-  with pytest.raises(ValueError, match=r"train.jsonl:1 is missing field\(s\) \['target'\]"):
-    train_main.read_examples(tmp_path / "train.jsonl")
+  (tmp_path / "train.branches.jsonl").write_text(json.dumps(good) + "\n")
   cfg = tiny_cfg(tmp_path / "run")
+  cfg.data.out_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r"train.branches.jsonl:1 is missing field\(s\) \['target'\]"):
+    train_main.training_data(cfg)
+  del good["branch_outputs"]
+  good["target"] = "x"
+  (tmp_path / "train.branches.jsonl").write_text(json.dumps(good) + "\n")
+  with pytest.raises(ValueError, match="has no branch_outputs"):
+    train_main.training_data(cfg)
   cfg.data.out_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no training data"):
     train_main.training_data(cfg)

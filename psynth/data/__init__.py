@@ -1,0 +1,2 @@
+"""Training data: benchmark readers (`sources`), example builders (`real_tasks`, `procedural`,
+`build`), branch generation with the base model (`branches`) and the data command (`main`)."""

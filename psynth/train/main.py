@@ -9,33 +9,21 @@ import jax
 import numpy as np
 
 from psynth import sharding
+from psynth.data.branches import load_examples
 from psynth.data.example import Example
 
 log = logging.getLogger(__name__)
 
 
-def read_examples(path: Path) -> list[Example]:
-  """Examples from a jsonl file (one `Example` per line), with a clear error on bad records."""
-  import json
-
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist")
-  out = []
-  for i, line in enumerate(path.read_text().splitlines()):
-    if line.strip():
-      out.append(Example.from_dict(json.loads(line), where=f"{path}:{i + 1}"))
-  return out
-
-
 def training_data(cfg) -> tuple[list[Example], list[Example]]:
-  """train/val examples with branches from `cfg.data.out_dir` (built and generated if absent)."""
+  """train/val examples with generated branches from `cfg.data.out_dir`."""
   out = Path(cfg.data.out_dir)
-  if not (out / "train.jsonl").is_file():
+  if not (out / "train.branches.jsonl").is_file():
     raise FileNotFoundError(
-        f"no training data in {out} (train.jsonl, val.jsonl); build it first with "
+        f"no training data in {out} (train.branches.jsonl, val.branches.jsonl); build it with "
         f"`python -m psynth data --config=...` or point --config.data.out_dir at it")
-  train = read_examples(out / "train.jsonl")
-  val = read_examples(out / "val.jsonl") if (out / "val.jsonl").is_file() else []
+  train = load_examples(out / "train.branches.jsonl")
+  val = load_examples(out / "val.branches.jsonl") if (out / "val.branches.jsonl").is_file() else []
   for ex in train + val:
     if ex.branch_outputs is None:
       raise ValueError(f"example {ex.id!r} in {out} has no branch_outputs; run branch "

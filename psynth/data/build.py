@@ -1,0 +1,192 @@
+"""The data set before generation: every builder run, distill copies added, split, written.
+
+    counts = build_dataset(data_dir, out_dir, n_branches=3, seed=0, limit_per_source=200,
+                           val_fraction=0.1)     # -> out_dir/train.jsonl, out_dir/val.jsonl
+
+Builders (`BUILDERS`) are named by what they make; each reads its records once and turns up to
+`limit_per_source` of them (a seeded random subset) into examples. Randomness is per record
+(`random.Random(f"{seed}:{builder}:{record id}")`), so an example does not change when the limit
+or the other builders do. The split holds out whole groups (a group = one source question, with
+all its kinds and its distill copy), a seeded `val_fraction` of every source's groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from psynth.data import procedural, real_tasks, sources
+from psynth.data.example import Example
+
+
+def _multihop(reader, source, make):
+  return lambda root: [(q.id, lambda n, w, rng, q=q: make(q, source, n, w, rng))
+                       for q in reader(root=root)]
+
+
+def _arc(split, passages, make):
+  def items(root):
+    out = []
+    for diff in sources.ARC_DIFFICULTIES:
+      src = f"arc_{diff}"
+      out += [(f"{diff}/{q.id}", lambda n, w, rng, q=q, src=src: make(q, src, n, w, rng))
+              for q in sources.read_arc(diff, split, passages=passages, root=root)]
+    return out
+  return items
+
+
+def _gsm8k(root):
+  return [(p.id, lambda n, w, rng, p=p: real_tasks.gsm8k_candidates(p, "gsm8k", n, w, rng))
+          for p in sources.read_gsm8k("train", root=root)]
+
+
+def _dbot(root):
+  cases = sources.read_dbot(root=root)
+  options = real_tasks.dbot_options(cases)
+  return [(c.id, lambda n, w, rng, c=c: real_tasks.dbot_context(c, options, n, w)) for c in cases]
+
+
+def _procedural(family, count=10_000):
+  gen = procedural.GENERATORS[family]
+  return lambda root: [(f"{i:05d}", lambda n, w, rng, i=i: gen(i, n, rng)) for i in range(count)]
+
+
+# name -> root -> [(record id, (n_branches, max_words, rng) -> Example | None)]
+BUILDERS: dict[str, Callable] = {
+    "hotpotqa_context": _multihop(lambda root: sources.read_hotpotqa(root=root), "hotpotqa",
+                                  real_tasks.multihop_context),
+    "hotpotqa_aggregation": _multihop(lambda root: sources.read_hotpotqa(root=root), "hotpotqa",
+                                      real_tasks.multihop_aggregation),
+    "musique_context": _multihop(sources.read_musique, "musique", real_tasks.multihop_context),
+    "musique_aggregation": _multihop(sources.read_musique, "musique",
+                                     real_tasks.multihop_aggregation),
+    "arc_passages": _arc("dev", True, real_tasks.arc_passages),  # passages exist for dev/test
+    "arc_candidates": _arc("train", False, real_tasks.arc_candidates),
+    "gsm8k_candidates": _gsm8k,
+    "dbot_context": _dbot,
+    "procedural_chain": _procedural("chain"),
+    "procedural_arith": _procedural("arith"),
+    "procedural_infer": _procedural("infer"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  n_branches: int = 3
+  seed: int = 0
+  limit_per_source: int = 200  # records per builder; 0 = all
+  val_fraction: float = 0.1
+  max_words: int = 120  # per branch input (~170 SmolLM2 tokens)
+  distill_fraction: float = 0.25  # of the non-procedural examples, copied as `distill`
+  builders: tuple[str, ...] = tuple(BUILDERS)
+
+  def __post_init__(self):
+    unknown = [b for b in self.builders if b not in BUILDERS]
+    if unknown:
+      raise ValueError(f"unknown builder(s) {unknown}; choose from {list(BUILDERS)}")
+    if self.n_branches < 2:
+      raise ValueError(f"n_branches={self.n_branches}; must be >= 2 (aggregation spreads facts "
+                       "over several branches)")
+    if not 0 <= self.val_fraction < 1 or not 0 <= self.distill_fraction <= 1:
+      raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1) and distill_fraction="
+                       f"{self.distill_fraction} in [0, 1]")
+    if self.limit_per_source < 0 or self.max_words < 8:
+      raise ValueError(f"limit_per_source={self.limit_per_source} must be >= 0 (0 = all) and "
+                       f"max_words={self.max_words} >= 8")
+
+
+def _rng(*parts) -> random.Random:
+  return random.Random(":".join(str(p) for p in parts))
+
+
+def _hash01(*parts) -> float:
+  h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+  return int.from_bytes(h[:8], "big") / 2.0 ** 64
+
+
+def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Example]:
+  """Every builder's examples (builders in order, records in seeded order), then distill copies."""
+  out: list[Example] = []
+  for name in cfg.builders:
+    items = BUILDERS[name](root)
+    order = sorted(range(len(items)), key=lambda i: _hash01(cfg.seed, name, items[i][0]))
+    made = 0
+    for i in order:
+      if cfg.limit_per_source and made >= cfg.limit_per_source:
+        break
+      rec_id, make = items[i]
+      ex = make(cfg.n_branches, cfg.max_words, _rng(cfg.seed, name, rec_id))
+      if ex is not None:
+        ex.meta["builder"] = name
+        out.append(ex)
+        made += 1
+  return out + distill_copies(out, cfg.distill_fraction, cfg.seed)
+
+
+def distill_copies(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
+  """Copies of a seeded `fraction` of the real-data examples with kind "distill" and no target yet.
+
+  Branch generation sets their target to the text synthesizer's answer (`text_answer`).
+  """
+  out = []
+  for ex in examples:
+    if ex.source != "procedural" and _hash01(seed, "distill", ex.id) < fraction:
+      out.append(dataclasses.replace(ex, id=f"{ex.id}/distill", kind="distill", target="",
+                                     meta=dict(ex.meta, distill_of=ex.id, gold=ex.target)))
+  return out
+
+
+def split(examples: Sequence[Example], val_fraction: float, seed: int
+          ) -> tuple[list[Example], list[Example]]:
+  """(train, val): per source, a seeded val_fraction of the groups (rounded up) is held out."""
+  groups: dict[str, set[str]] = {}
+  for ex in examples:
+    groups.setdefault(ex.source, set()).add(ex.meta["group"])
+  held = set()
+  for source, gs in groups.items():
+    ranked = sorted(gs, key=lambda g: _hash01(seed, "split", g))
+    k = -(-len(ranked) * val_fraction // 1) if val_fraction else 0
+    held.update(ranked[:int(k)])
+  train = [ex for ex in examples if ex.meta["group"] not in held]
+  val = [ex for ex in examples if ex.meta["group"] in held]
+  shuffle = lambda xs, tag: sorted(xs, key=lambda ex: _hash01(seed, tag, ex.id))
+  return shuffle(train, "train"), shuffle(val, "val")
+
+
+def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
+  """Atomic: written to a temporary file next to `path`, then moved over it."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for ex in examples:
+      f.write(ex.to_json() + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, n_branches: int = 3,
+                  seed: int = 0, limit_per_source: int = 200, val_fraction: float = 0.1,
+                  max_words: int = 120, distill_fraction: float = 0.25,
+                  builders: Sequence[str] = tuple(BUILDERS)) -> dict[str, dict[str, int]]:
+  """Writes out_dir/train.jsonl and out_dir/val.jsonl; returns {split: {builder/kind: count}}."""
+  cfg = BuildConfig(n_branches, seed, limit_per_source, val_fraction, max_words,
+                    distill_fraction, tuple(builders))
+  train, val = split(build_examples(cfg, data_dir), val_fraction, seed)
+  out_dir = Path(out_dir)
+  write_jsonl(out_dir / "train.jsonl", train)
+  write_jsonl(out_dir / "val.jsonl", val)
+  return {"train": count_by_builder(train), "val": count_by_builder(val)}
+
+
+def count_by_builder(examples: Iterable[Example]) -> dict[str, int]:
+  counts: dict[str, int] = {}
+  for ex in examples:
+    key = f"{ex.meta.get('builder', ex.source)}/{ex.kind}"
+    counts[key] = counts.get(key, 0) + 1
+  return dict(sorted(counts.items()))
