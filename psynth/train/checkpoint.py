@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 class Checkpoints:
 
   def __init__(self, directory: str | Path, *, max_to_keep: int = 3):
-    self.directory = Path(directory).resolve()
+    # epath: a local directory or a bucket ("gs://b/run/checkpoints", shared by every host).
+    self.directory = (epath.Path(str(directory)) if "://" in str(directory)
+                      else epath.Path(Path(directory).resolve()))
     self._mngr = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                              create=True))

@@ -19,8 +19,9 @@ class ScalarWriter:
   def __init__(self, logdir: str | Path):
     self._writer = None
     if jax.process_index() == 0:
-      Path(logdir).mkdir(parents=True, exist_ok=True)
-      self._writer = EventFileWriter(str(logdir))
+      if "://" not in str(logdir):
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+      self._writer = EventFileWriter(str(logdir))  # tensorboard's gfile: local, gs://, s3://
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self._writer is None:

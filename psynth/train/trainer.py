@@ -214,9 +214,9 @@ class Trainer:
     cfg, t = self.cfg, self.cfg.train
     if not train:
       raise ValueError("no training examples")
-    workdir = Path(cfg.workdir)
-    ckpts = Checkpoints(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
-    writer = ScalarWriter(workdir / "tensorboard")
+    workdir = str(cfg.workdir).rstrip("/")  # a local path or a bucket URL (no pathlib)
+    ckpts = Checkpoints(f"{workdir}/checkpoints", max_to_keep=t.keep_checkpoints)
+    writer = ScalarWriter(f"{workdir}/tensorboard")
     hist = History()
     start = 0
     latest = ckpts.latest_step()
