@@ -12,6 +12,9 @@ g query heads per kv head (GQA group), e head_dim, f mlp.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -38,7 +41,8 @@ def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init="normal") -> nnx.Para
 class Dense(nnx.Module):
   """A projection: kernel `[*in, *out]`, optional bias `[*out]`, optional LoRA.
 
-  `spec` is its einsum, e.g. "btd,dhe->bthe"; its letters name the axes. A LoRA adapter
+  `spec` is its einsum, e.g. "btd,dhe->bthe"; its letters name the axes (the kernel's input
+  axes are x's last ones, so it runs as one 2-D matmul: `_project`). A LoRA adapter
   (`add_lora`) adds `lora_a [*in, rank]` and `lora_b [rank, *out]` as `nnx.LoRAParam`s.
   """
 
@@ -119,29 +123,33 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return (weight * normed.astype(x.dtype)).astype(x.dtype)
 
 
-def _lora_specs(spec: str) -> tuple[str, str]:
-  """"btd,dhe->bthe" -> ("btd,dr->btr", "btr,rhe->bthe"): x -> rank -> out."""
-  lhs, out = spec.split("->")
-  x_letters, kernel = lhs.split(",")
-  n_in = sum(c in x_letters for c in kernel)
-  ins, outs = kernel[:n_in], kernel[n_in:]
-  mid = x_letters.replace(ins, "") + "r"
-  return f"{x_letters},{ins}r->{mid}", f"{mid},r{outs}->{out}"
+def _project(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
+  """x `[..., *in]` times w `[*in, *out]` as one 2-D matmul: `[..., *out]`.
+
+  Written as a plain matmul over flattened axes, not an einsum over named head axes: given
+  the einsum, XLA sometimes moved a transpose from the (small) activation onto the weight
+  and copied every layer's o kernel on every call.
+  """
+  lead, ins, outs = x.shape[:x.ndim - n_in], w.shape[:n_in], w.shape[n_in:]
+  y = x.reshape(-1, math.prod(ins)) @ w.reshape(math.prod(ins), -1)
+  return y.reshape(*lead, *outs)
 
 
 def dense(layer: Dense, x: jax.Array, lora: bool = False) -> jax.Array:
-  y = jnp.einsum(layer.spec, x, layer.kernel[...].astype(x.dtype))
+  n_in = len(layer.in_axes)
+  y = _project(x, layer.kernel[...].astype(x.dtype), n_in)
   if layer.bias is not None:
     y = y + layer.bias[...].astype(x.dtype)
   if lora and layer.lora_a is not None:
-    down, up = _lora_specs(layer.spec)
-    h = jnp.einsum(down, x, layer.lora_a[...].astype(x.dtype))
-    y = y + layer.lora_scale * jnp.einsum(up, h, layer.lora_b[...].astype(x.dtype))
+    h = _project(x, layer.lora_a[...].astype(x.dtype), n_in)  # [..., rank]
+    y = y + layer.lora_scale * _project(h, layer.lora_b[...].astype(x.dtype), 1)
   return y
 
 
 ATTN_BLOCK = 256  # query rows per chunk and own keys per block (best of 64..512 measured on CPU)
 CACHE_BLOCK = 256  # cache slots per block
+# Query x key pairs (per head) up to which one plain masked softmax beats the blocked loops.
+DIRECT_SCORES = 1 << 20
 
 
 def _scores(q_c, k_blk, kv_pos, kv_valid, q_pos_c, G):
@@ -171,6 +179,33 @@ def _pad_axis(x, axis, size, value=0):
   return jnp.pad(x, pad, constant_values=value) if size > x.shape[axis] else x
 
 
+def _direct_attention(q_BxKxGxTxE, k_BxKxTxE, v_BxKxTxE, pos_BxT, cache):
+  """Attention of a few queries (decode, a short prompt) in one masked softmax, no loops.
+
+  The cache's scores and the own tokens' scores are two matmuls sharing one max and one
+  denominator, so the cache is never concatenated with (or padded to) anything: at T ~ 80
+  the blocked path below spent more on copying the cache into blocks than on the math.
+  """
+  B, K, G, T, E = q_BxKxGxTxE.shape
+  q = q_BxKxGxTxE.reshape(B, K, G * T, E)
+  parts = [(k_BxKxTxE, v_BxKxTxE, pos_BxT, pos_BxT >= 0)]
+  if cache is not None:
+    k_c, v_c, pos_c, valid_c = cache
+    to_bkse = lambda x: x.transpose(0, 2, 1, 3).astype(q.dtype)  # [B, S, K, E] -> [B, K, S, E]
+    parts.append((to_bkse(k_c), to_bkse(v_c), pos_c, valid_c))
+  scores = []
+  for k, _, kv_pos, kv_valid in parts:
+    s, _ = _scores(q, k, kv_pos, kv_valid, pos_BxT, G)  # [B, K, G*T, n]
+    scores.append(s)
+  m = functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s in scores])
+  probs = [jnp.exp(s - m) for s in scores]
+  l = functools.reduce(jnp.add, [p.sum(-1, keepdims=True) for p in probs])
+  acc = functools.reduce(jnp.add, [
+      jnp.einsum("bkms,bkse->bkme", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+      for p, (_, v, _, _) in zip(probs, parts)])
+  return (acc / l).astype(q.dtype).reshape(B, K, G, T, E)
+
+
 def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array:
   """Grouped-query attention of this call's tokens; a query sees keys at positions <= its own.
 
@@ -184,6 +219,13 @@ def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array
   B, T, H, E = q_BxTxHxE.shape
   K = k_BxTxKxE.shape[2]
   G, C = H // K, min(ATTN_BLOCK, T)
+  S = 0 if cache is None else cache[0].shape[1]
+  if T * (T + S) <= DIRECT_SCORES:
+    q = (q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)).reshape(B, T, K, G, E)
+    to_bkse = lambda x: x.transpose(0, 2, 1, 3)
+    out = _direct_attention(q.transpose(0, 2, 3, 1, 4), to_bkse(k_BxTxKxE), to_bkse(v_BxTxKxE),
+                            pos_BxT, cache)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
   Tp = -(-T // C) * C
   nq = Tp // C
   to_bkse = lambda x: x.transpose(0, 2, 1, 3)  # [B, S, K, E] -> [B, K, S, E]
@@ -297,9 +339,14 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   zero = jnp.zeros((), jnp.int32)
 
   new_k, new_v = [], []
+  k_in, v_in = cache.k, cache.v
   for layer, blk in enumerate(model.layers):
-    layer_cache = ((cache.k[layer], cache.v[layer], cache.positions, cache.valid)
-                   if attend_cache else None)
+    layer_cache = None
+    if attend_cache:
+      # Tied to x, a layer's cache is read (and re-laid out for its matmuls) when that layer
+      # runs; untied, XLA hoisted all 30 layers' copies to the start, all live at once.
+      k_in, v_in, x = jax.lax.optimization_barrier((k_in, v_in, x))
+      layer_cache = (k_in[layer], v_in[layer], cache.positions, cache.valid)
     x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache, lora)
     new_k.append(k)
     new_v.append(v)
