@@ -6,22 +6,13 @@ For a TPU pod (see launch/tpu_pod.sh); here only its shapes are checked, with ja
     python -m psynth train --config=configs/qwen3_14b.py --config.workdir=gs://BUCKET/run
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _default():
-  path = pathlib.Path(__file__).with_name("smollm2_135m.py")
-  spec = importlib.util.spec_from_file_location("psynth_config_smollm2_135m", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from psynth import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = _default()
+  c = config_files.load("smollm2_135m")
   c.workdir = "runs/qwen3_14b"
   c.model.name, c.model.dtype = "Qwen/Qwen3-14B", "bfloat16"
   c.hf_config = ml_collections.ConfigDict(dict(

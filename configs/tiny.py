@@ -3,23 +3,13 @@
     python -m psynth train --config=configs/tiny.py --config.workdir=/tmp/tiny --config.train.steps=5
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """configs/smollm2_135m.py's config (loaded by path: config files are not a package)."""
-  path = pathlib.Path(__file__).with_name("smollm2_135m.py")
-  spec = importlib.util.spec_from_file_location("psynth_config_smollm2_135m", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from psynth import config_files
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = default_config()
+  c = config_files.load("smollm2_135m")
   c.workdir = "runs/tiny"
   c.model.name = "tiny-random"
   c.lora.rank, c.lora.alpha = 4, 8.0

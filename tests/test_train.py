@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,20 +15,13 @@ import pytest
 from flax import nnx
 
 import psynth
-from psynth import sharding
+from psynth import config_files, sharding
 from psynth.data.example import Example
 from psynth.train import main as train_main
 from psynth.train.logs import read_scalars
 from psynth.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def examples(n: int) -> list[Example]:
@@ -44,7 +36,7 @@ def examples(n: int) -> list[Example]:
 
 
 def tiny_cfg(workdir, **train):
-  cfg = load_config("tiny")
+  cfg = config_files.load("tiny")
   cfg.workdir = str(workdir)
   cfg.train.update(train)
   return cfg
@@ -219,7 +211,7 @@ def test_qwen3_14b_config_shapes(tmp_path):
   from psynth.model.transformer import Transformer
   from psynth.train import step as step_lib
 
-  cfg = load_config("qwen3_14b")
+  cfg = config_files.load("qwen3_14b")
   mc = ModelConfig.from_hf(cfg.hf_config.to_dict(), dtype="bfloat16", param_dtype="bfloat16")
   assert (mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim) == (40, 40, 8, 128)
 
