@@ -60,6 +60,31 @@ def test_one_branch_sequential_equals_one_forward(tiny_checkpoint):
   assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-4
 
 
+def test_after_prefix_equals_a_cache_built_by_hand(tiny_checkpoint):
+  """after_prefix: the synthesizer reads the real shared prefix (positions 0..S-1), then the
+  branch moved to start at S, then its own prompt rest, as a cache built from plain forwards."""
+  model = _model(tiny_checkpoint)
+  rng = np.random.RandomState(3)
+  shared, own, rest = (rng.randint(0, 128, n).tolist() for n in (10, 5, 6))
+  branch = rng.randint(0, 128, 9).tolist()
+  engine = Engine(model)
+  br = encode_branches(engine, [shared + own], [branch])
+  logits, _, next_pos = cache_prefill(engine, br, shared + rest, mode="after_prefix")
+  S, O, n = len(shared), len(own), len(branch)
+  run = lambda seq: forward(model, np.array([seq], np.int32),
+                            np.arange(len(seq), dtype=np.int32)[None],
+                            init_cache(model.config, 1, len(seq)))[1]
+  prefix = run(shared)  # [0, S)
+  worker = ops.take_slots(run(shared + own + branch), S + O, n)  # the branch at [S+O, S+O+n)
+  inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
+  moved = ops.reposition(worker, jnp.array([S], jnp.int32), jnp.asarray(inv_freq))
+  cache = ops.extend(ops.concat_slots(prefix, moved), len(rest))
+  ref, _ = forward(model, np.array([rest], np.int32),
+                   np.arange(S + n, S + n + len(rest), dtype=np.int32)[None], cache)
+  assert next_pos == S + n + len(rest)
+  assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-4
+
+
 def test_mapper_is_identity_at_init_and_has_260_params():
   for kind in mapper_lib.MAPPER_KINDS:
     m = mapper_lib.CacheMapper(kind, 4, 2, rngs=nnx.Rngs(0))
