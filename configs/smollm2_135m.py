@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
       # Compute every example's branch K/V once and keep it on the host (same numbers,
       # no workers' prefill per step); False re-encodes the saved branch texts every step.
       cache_branches=True))
+  # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
+  # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
+  c.eval = ml_collections.ConfigDict(dict(
+      num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=120))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Several processes: a coordinator "host:port" with their count and this one's id, or

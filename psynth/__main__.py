@@ -7,6 +7,8 @@ Commands:
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
   data       training examples from the benchmark files, then their branches (generated once):
              python -m psynth data --config.data.out_dir=DIR [--config.data.limit_per_source=50]
+  eval       benchmarks x methods (single, text, naive, psynth), accuracy +- CI and TTFT:
+             python -m psynth eval --tasks=arc_easy,hotpotqa --methods=single,text,naive --limit=20 --output_dir=DIR
   train      the synthesizer LoRA + cache mapper:
              python -m psynth train --config=configs/tiny.py --config.workdir=DIR --config.train.steps=N
   export     an adapter as merged HF weights, a PEFT adapter or the reference release:
@@ -33,12 +35,23 @@ _BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input 
 _WHAT = flags.DEFINE_enum("what", "merged", ["merged", "peft", "reference", "psynth"],
                           "export: merged HF checkpoint, PEFT adapter, reference release "
                           "(cache_mapper.pt + judger_lora/) or psynth adapter dir.")
-_ADAPTER = flags.DEFINE_string("adapter", None, "export: an adapter dir (psynth, PEFT or "
-                               "reference release), e.g. WORKDIR/adapter after training.")
+_ADAPTER = flags.DEFINE_string("adapter", None, "export, eval (method psynth): an adapter dir "
+                               "(psynth, PEFT or reference release), e.g. WORKDIR/adapter.")
+_TASKS = flags.DEFINE_list("tasks", ["arc_easy", "hotpotqa"], "eval: tasks, comma-separated.")
+_METHODS = flags.DEFINE_list("methods", ["single", "text", "naive"],
+                             "eval: single, text, naive, psynth (needs --adapter).")
+_LIMIT = flags.DEFINE_integer("limit", None, "eval: at most this many examples per task.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/eval", "eval: predictions, summary.json, "
+                                  "results.md (rerun to resume).")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "eval: shards (default: JAX processes).")
+_SHARD_ID = flags.DEFINE_integer("shard_id", None, "eval: this shard (default: process index).")
+_GAIA_DIR = flags.DEFINE_string("gaia_dir", "", "eval: a local GAIA validation directory.")
+_MERGE = flags.DEFINE_bool("merge", False, "eval: only merge the shards in --output_dir.")
 
 COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
             "bench": "bench prefill|ttft: psynth vs HF transformers",
             "data": "build training examples, then generate their branches once",
+            "eval": "evaluate methods on benchmarks: accuracy, CI, TTFT",
             "train": "train the synthesizer LoRA and cache mapper",
             "export": "export an adapter: merged HF / PEFT / reference release"}
 
@@ -111,6 +124,19 @@ def main(argv: list[str]) -> None:
   elif argv[1] == "data":
     from psynth.data.main import main as data_main
     data_main(cfg)
+  elif argv[1] == "eval":
+    from psynth.eval import report, runner
+    if _MERGE.value:
+      print(report.merge_main(_OUTPUT_DIR.value))
+      return
+    from psynth import sharding
+    d = cfg.dist
+    sharding.init_distributed(d.coordinator, d.num_processes, d.process_id, d.auto)
+    summary = runner.eval_main(cfg, _TASKS.value, _METHODS.value, _LIMIT.value, _OUTPUT_DIR.value,
+                               _ADAPTER.value, _NUM_SHARDS.value, _SHARD_ID.value,
+                               gaia_dir=_GAIA_DIR.value)
+    if summary is not None:
+      print((Path(_OUTPUT_DIR.value) / "results.md").read_text())
   elif argv[1] == "train":
     from psynth.train import main as train_main
     train_main.run(cfg)

@@ -163,6 +163,7 @@ class Trainer:
     """Every example's branch caches, computed once (base model) and kept on the host:
     later steps read them instead of re-running the workers' prefill (same numbers)."""
     G = bucket(max(len(o) for it in items for o in it.branch_outputs))
+    W = batch_lib.batch_sizes(items)["W"]  # one shape for every chunk: one compile
     c = self.loaded.config
     per_example = (len(items[0].branch_outputs) * c.num_layers * G * c.num_kv_heads *
                    c.head_dim * 2 * np.dtype(c.jnp_dtype).itemsize)
@@ -172,7 +173,7 @@ class Trainer:
     steps = range(0, len(items), self.micro)
     for i in tqdm(steps, desc=desc, disable=jax.process_index() != 0 or len(steps) < 4):
       chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
-      b = {k: v for k, v in batch_lib.collate(chunk).items()
+      b = {k: v for k, v in batch_lib.collate(chunk, sizes=dict(W=W)).items()
            if k in ("worker_tokens", "worker_positions", "out_start")}
       with sharding.use_mesh(self.mesh, self.rules):
         enc = self._encode(self.trainable, self.frozen, self._to_device(b, accum=False), G)
@@ -181,10 +182,11 @@ class Trainer:
       out += [{k: v[j * N:(j + 1) * N] for k, v in enc.items()} for j in range(n)]
     return out
 
-  def host_batch(self, items, branches=None, with_text: bool = False) -> dict[str, np.ndarray]:
+  def host_batch(self, items, branches=None, with_text: bool = False,
+                 sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """A batch of tokenized examples as numpy; with `branches`, their cached branch K/V
-    replace the workers' rows."""
-    b = batch_lib.collate(items, with_text=with_text)
+    replace the workers' rows. `sizes`: fixed W/T/Tt (one compiled shape for a whole run)."""
+    b = batch_lib.collate(items, with_text=with_text, sizes=sizes)
     if branches is not None:
       for k in ("worker_tokens", "worker_positions", "out_start"):
         b.pop(k)
@@ -194,11 +196,12 @@ class Trainer:
   # ------------------------------------------------------------------ eval
   def evaluate(self, items, which: str = "trained", branches=None) -> float:
     """Mean target-token cross-entropy on `items` (val loss) for the trained or naive path."""
+    sizes = batch_lib.batch_sizes(items)
     ce = tokens = 0.0
     for i in range(0, len(items), self.micro):
       chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
       br = None if branches is None else pad_items(list(branches[i:i + self.micro]), self.micro)[0]
-      b = self.host_batch(chunk, br)
+      b = self.host_batch(chunk, br, sizes=sizes)
       b["loss_mask"][n:] = 0.0  # padding examples score nothing
       dev = self._to_device(b, accum=False)
       with sharding.use_mesh(self.mesh, self.rules):
@@ -230,6 +233,7 @@ class Trainer:
       log.info("resumed from %s at step %d", ckpts.directory, start)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
     val_items = self.tokenize(val) if val else []
+    sizes = batch_lib.batch_sizes(train_items, with_text=t.kl_weight > 0)
     train_br = val_br = None
     if t.cache_branches:
       train_br = self.encode_all(train_items, "train branch caches")
@@ -246,7 +250,7 @@ class Trainer:
         idx = batch_indices(len(train_items), s, t.batch_size, cfg.seed)
         host = self.host_batch([train_items[i] for i in idx],
                                None if train_br is None else [train_br[i] for i in idx],
-                               with_text=t.kl_weight > 0)
+                               with_text=t.kl_weight > 0, sizes=sizes)
         # Tokens run through the model this step: the synthesizer rows (forward + backward),
         # and the workers' rows too unless their branch caches were computed once up front.
         n_tok = int((host["synth_positions"] >= 0).sum() + (

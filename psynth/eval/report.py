@@ -1,0 +1,99 @@
+"""Predictions -> `summary.json` and `results.md`; `merge_main` combines the shards' files.
+
+summary.json: task -> method -> {accuracy, ci_low, ci_high, n, ttft_s} (Wilson 95% interval;
+mean TTFT in seconds), plus `ttft_ratio_to_text` when `text` ran and `f1` for open-answer QA.
+It covers every prediction under DIR, whichever run or shard wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from psynth.eval import records
+from psynth.eval.intervals import wilson_interval
+from psynth.eval.methods import METHODS
+
+TIMING_FIELDS = ("ttft_s", "total_s")  # differ from run to run; everything else is reproducible
+
+
+def method_stats(recs: list[dict]) -> dict:
+  """Accuracy with its Wilson 95% interval, n and mean TTFT of one task x method."""
+  n = len(recs)
+  hits = sum(bool(r["correct"]) for r in recs)
+  low, high = wilson_interval(hits, n)
+  out = {"accuracy": hits / n, "ci_low": low, "ci_high": high, "n": n,
+         "ttft_s": sum(r["ttft_s"] for r in recs) / n}
+  f1 = [r["f1"] for r in recs if r.get("f1") is not None]
+  if f1:
+    out["f1"] = sum(f1) / len(f1)
+  return out
+
+
+def _method_order(methods) -> list[str]:
+  return sorted(methods, key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
+
+
+def summarize(preds: dict[str, dict[str, list[dict]]]) -> dict:
+  """task -> method -> stats, for predictions grouped as task -> method -> records."""
+  summary = {}
+  for task, by_method in preds.items():
+    rows = {m: method_stats(by_method[m]) for m in _method_order(by_method) if by_method[m]}
+    text = rows.get("text", {}).get("ttft_s")
+    for stats in rows.values():
+      if text:
+        stats["ttft_ratio_to_text"] = stats["ttft_s"] / text
+    if rows:
+      summary[task] = rows
+  return summary
+
+
+def markdown(summary: dict, skipped: dict[str, str] | None = None) -> str:
+  lines = ["| task | method | n | accuracy (95% CI) | F1 | mean TTFT | TTFT / text |",
+           "|---|---|---:|---|---:|---:|---:|"]
+  for task, rows in summary.items():
+    for method, s in rows.items():
+      f1 = f"{100 * s['f1']:.1f}" if "f1" in s else ""
+      ratio = f"{s['ttft_ratio_to_text']:.2f}x" if "ttft_ratio_to_text" in s else "n/a"
+      lines.append(f"| {task} | {method} | {s['n']} | {100 * s['accuracy']:.1f}% "
+                   f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] | {f1} | "
+                   f"{1000 * s['ttft_s']:.0f} ms | {ratio} |")
+  lines += ["", "Accuracy with a Wilson 95% interval; F1: SQuAD token F1 (open-answer QA). TTFT: "
+                "mean time to the first answer token (single: from its prompt; synthesis: from "
+                "ready branches, workers not included), compilation excluded."]
+  for task, why in (skipped or {}).items():
+    lines += ["", f"Skipped {task}: {why}"]
+  return "\n".join(lines) + "\n"
+
+
+def _write_jsonl(path: Path, recs: list[dict]) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+  os.replace(tmp, path)
+
+
+def merge_main(output_dir: str | Path) -> dict:
+  """Combines every shard's predictions under DIR into predictions/{task}/{method}.jsonl
+  (one record per example, in the task's order), summary.json and results.md."""
+  out = Path(output_dir)
+  pred_dir = out / "predictions"
+  if not pred_dir.is_dir():
+    raise FileNotFoundError(f"{out} has no predictions/ folder; run `python -m psynth eval "
+                            f"--output_dir={out} ...` (every shard) before merging")
+  preds: dict[str, dict[str, list[dict]]] = {}
+  for task_dir in sorted(p for p in pred_dir.iterdir() if p.is_dir()):
+    methods = {p.name.split(".shard-")[0] for p in task_dir.glob(records.SHARD_GLOB)}
+    for method in _method_order(methods):
+      by_id = {}
+      for r in records.read_shards(task_dir, method):
+        by_id.setdefault(r["id"], r)  # the same example from two shardings: the first
+      recs = sorted(by_id.values(), key=lambda r: r["index"])
+      _write_jsonl(task_dir / f"{method}.jsonl", recs)
+      preds.setdefault(task_dir.name, {})[method] = recs
+  summary = summarize(preds)
+  skipped_file = out / "skipped.json"
+  skipped = json.loads(skipped_file.read_text()) if skipped_file.is_file() else {}
+  records.write_json(out / "summary.json", summary)
+  (out / "results.md").write_text(markdown(summary, skipped))
+  return summary

@@ -1,0 +1,234 @@
+"""`python -m psynth eval`: tasks x methods on one model, in one run, sharded and resumable.
+
+    summary = eval_main(cfg, "arc_easy,hotpotqa", "single,text,naive", limit=5,
+                        output_dir="runs/eval")
+
+Per task, this shard's examples (index % num_shards == shard_id, after `limit`) are run in
+order: the workers once per example (texts saved to branches/), then every method not yet in
+its predictions file (one line each, flushed). A rerun skips what is saved, so an interrupted
+evaluation continues where it stopped. With one shard the run ends by merging (summary.json,
+results.md); with several, `report.merge_main(DIR)` runs once every shard has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from psynth.data.sources import data_dir
+from psynth.eval import methods as methods_lib
+from psynth.eval import records, report
+from psynth.eval.tasks import BuildOptions, Task, TaskUnavailable, get_tasks
+from psynth.synthesis.generate import SamplingConfig
+from psynth.synthesis.synthesize import Adapter
+
+log = logging.getLogger(__name__)
+
+NO_ADAPTER = (
+    "method 'psynth' needs --adapter=DIR, a trained synthesizer adapter: the WORKDIR/adapter "
+    "folder that `python -m psynth train --config=... --config.workdir=WORKDIR` writes (after "
+    "`python -m psynth data` builds its data), or a PEFT adapter or reference release "
+    "(cache_mapper.pt + judger_lora/), e.g. converted by `python -m psynth export`. "
+    "Or leave psynth out of --methods.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What saved branches and predictions depend on; DIR/run.json keeps it, and a rerun into
+  the same DIR must match it."""
+  model: str = "smollm2-135m-instruct"
+  dtype: str = "float32"
+  num_branches: int = 3  # workers per example (the reference uses 3)
+  worker_max_new_tokens: int = 64
+  max_new_tokens: int = 48  # the synthesizer's (and single's) answer budget, greedy
+  worker_temperature: float = 0.7  # "sample" tasks only; "chunk" workers are greedy
+  worker_top_p: float = 0.95
+  mode: str = "shared_start"  # branch position mode of the cache methods
+  max_branch_words: int = 120  # one evidence chunk ("chunk" tasks)
+  seed: int = 0
+  data_dir: str = ""  # "" = $PSYNTH_DATA or ../shared/data
+
+
+def settings_from_config(cfg, **overrides) -> EvalSettings:
+  """Settings from a psynth config (model, synthesis lengths and mode, seed, the data
+  directory; then `cfg.eval` fields of the same names), then `overrides`. Absent fields keep
+  EvalSettings' defaults."""
+  known = {f.name for f in dataclasses.fields(EvalSettings)}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise ValueError(f"unknown eval setting(s) {unknown}; accepted: {sorted(known)}")
+  section = lambda name: cfg.get(name) or {}
+  model, synthesis, data = section("model"), section("synthesis"), section("data")
+  found = dict(model=model.get("name"), dtype=model.get("dtype"), seed=cfg.get("seed"),
+               data_dir=data.get("data_dir"),
+               worker_max_new_tokens=synthesis.get("worker_max_new_tokens"),
+               max_new_tokens=synthesis.get("max_new_tokens"), mode=synthesis.get("mode"))
+  values = {k: v for k, v in found.items() if v is not None}
+  values.update({k: v for k, v in section("eval").items() if k in known})
+  values.update(overrides)
+  return EvalSettings(**values)
+
+
+def parse_methods(methods) -> list[str]:
+  names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+  names = [m for m in names if m]
+  bad = [m for m in names if m not in methods_lib.METHODS]
+  if bad or not names:
+    raise ValueError(f"methods {bad or names!r} unknown; choose from {methods_lib.METHODS}")
+  return list(dict.fromkeys(names))
+
+
+def resolve_shards(num_shards: int | None, shard_id: int | None) -> tuple[int, int]:
+  """(num_shards, shard_id); None (or -1) takes the JAX process count / index."""
+  n = jax.process_count() if num_shards in (None, -1) else int(num_shards)
+  k = jax.process_index() if shard_id in (None, -1) else int(shard_id)
+  if n < 1 or not 0 <= k < n:
+    raise ValueError(f"num_shards={n}, shard_id={k}; need num_shards >= 1 and "
+                     f"0 <= shard_id < num_shards")
+  return n, k
+
+
+def check_run_file(out: Path, settings: EvalSettings) -> None:
+  """Writes DIR/run.json, or checks that the results already in DIR were made like this run."""
+  want = dataclasses.asdict(settings)
+  path = out / "run.json"
+  if path.is_file():
+    have = json.loads(path.read_text())
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if diff:
+      raise ValueError(f"{out} holds results made with { {k: have.get(k) for k in diff} }; this "
+                       f"run uses { {k: want.get(k) for k in diff} }: pass another --output_dir, "
+                       "or the same settings to continue it")
+  else:
+    records.write_json(path, want)
+
+
+def _gold_shown(gold):
+  """The part of an item's gold worth a prediction line (not a code task's whole test suite)."""
+  if isinstance(gold, dict):
+    return gold.get("answer", gold.get("task_id"))
+  return gold
+
+
+def _record(task: Task, index: int, item, method: str, r: methods_lib.Reply,
+            branch_tokens: int, adapter) -> dict:
+  s = task.score(r.prediction, item)
+  rec = {"id": item.id, "index": index, "task": task.name, "method": method,
+         "prediction": r.prediction, "extracted": s.extracted, "correct": s.correct,
+         "gold": _gold_shown(item.gold), "ttft_s": r.ttft_s, "total_s": r.total_s,
+         "prompt_tokens": r.prompt_tokens, "answer_tokens": r.answer_tokens,
+         "branch_tokens": branch_tokens}
+  if s.f1 is not None:
+    rec["f1"] = s.f1
+  if method == "psynth":
+    rec["adapter"] = str(adapter)
+  return rec
+
+
+class _Budget:
+  """Stops the run after `limit` predictions (None: never); what a rerun then continues."""
+
+  def __init__(self, limit: int | None):
+    self.left = limit
+
+  def spend(self) -> bool:
+    if self.left is not None:
+      self.left -= 1
+    return self.left is not None and self.left <= 0
+
+
+def _run_task(loaded, task: Task, items, methods, s: EvalSettings, out: Path, shard: tuple,
+              adapter: Adapter | None, adapter_dir, budget: _Budget, progress: bool) -> bool:
+  """Runs this shard's part of one task; False when the prediction budget ran out."""
+  n, k = shard
+  pred_dir = out / "predictions" / task.name
+  done = {m: {r["id"] for r in records.read_shards(pred_dir, m)} for m in methods}
+  saved = {r["id"]: r for r in records.read_shards(out / "branches", task.name)}
+  todo = [(i, it, [m for m in methods if it.id not in done[m]])
+          for i, it in enumerate(items) if i % n == k]
+  todo = [t for t in todo if t[2]]
+  answer = SamplingConfig(max_new_tokens=s.max_new_tokens, seed=s.seed)
+  with contextlib.ExitStack() as stack:
+    bfile = stack.enter_context(records.open_append(records.branch_file(out, task.name, k, n)))
+    pfiles = {m: stack.enter_context(records.open_append(
+        records.prediction_file(out, task.name, m, k, n))) for m in methods}
+    bar = stack.enter_context(tqdm(total=sum(len(t[2]) for t in todo), desc=f"eval {task.name}",
+                                   disable=not progress))
+    for index, item, pending in todo:
+      branches, branch_tokens = None, 0
+      if any(m != "single" for m in pending):
+        if item.id not in saved:
+          sampling = methods_lib.worker_sampling(task, item, s.worker_max_new_tokens,
+                                                 s.worker_temperature, s.worker_top_p, s.seed)
+          saved[item.id] = {"id": item.id, "index": index,
+                            **methods_lib.worker_texts(loaded, task, item, sampling)}
+          records.append(bfile, saved[item.id])
+        branches = methods_lib.branches_from_texts(loaded, task, item, saved[item.id]["texts"])
+        branch_tokens = int(branches.lengths.sum())
+      for m in pending:
+        r = methods_lib.reply(loaded, task, item, m, branches, answer, mode=s.mode, adapter=adapter)
+        records.append(pfiles[m], _record(task, index, item, m, r,
+                                          0 if m == "single" else branch_tokens, adapter_dir))
+        bar.update(1)
+        if budget.spend():
+          return False
+  return True
+
+
+def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | Path = "runs/eval",
+              adapter: str | Path | None = None, num_shards: int | None = None,
+              shard_id: int | None = None, *, gaia_dir: str = "",
+              max_predictions: int | None = None, loaded=None, progress: bool = True,
+              **settings) -> dict | None:
+  """Evaluates `methods` on `tasks` (names, or comma-separated strings); returns the summary
+  (task -> method -> stats) when this run merged, None when another shard still has to finish
+  or `max_predictions` stopped it early. `loaded`: a model already loaded for `cfg` (its
+  model gets the adapter's LoRA); `settings`: EvalSettings fields overriding `cfg`."""
+  task_list, method_list = get_tasks(tasks), parse_methods(methods)
+  if "psynth" in method_list and not adapter:
+    raise ValueError(NO_ADAPTER)
+  if limit is not None and limit < 1:
+    raise ValueError(f"limit={limit}; pass a positive number of examples per task, or None for all")
+  n, k = resolve_shards(num_shards, shard_id)
+  s = settings_from_config(cfg, **settings)
+  out = Path(output_dir)
+  check_run_file(out, s)
+  opts = BuildOptions(data_dir(s.data_dir or None), s.num_branches, s.max_branch_words, s.seed,
+                      gaia_dir)
+  built, skipped = {}, {}
+  for task in task_list:
+    try:
+      built[task.name] = task.build(opts)[:limit]
+    except TaskUnavailable as e:
+      skipped[task.name] = str(e)
+      log.warning("%s", e)
+      print(f"[psynth eval] skipping {task.name}: {e}")
+  records.write_json(out / "skipped.json", skipped)
+
+  if loaded is None:
+    import psynth
+    loaded = psynth.load(s.model, dtype=s.dtype)
+  synth_adapter = None
+  if "psynth" in method_list:
+    from psynth.convert.export import load_any_adapter
+    mapper = load_any_adapter(adapter, loaded.model)
+    loaded = dataclasses.replace(loaded, _engine=None)  # recompile with the LoRA in the state
+    synth_adapter = Adapter(mapper, lora=True)
+
+  budget = _Budget(max_predictions)
+  for task in task_list:
+    if task.name in built and not _run_task(loaded, task, built[task.name], method_list, s, out,
+                                            (n, k), synth_adapter, adapter, budget, progress):
+      log.info("stopped after max_predictions=%d; rerun to continue", max_predictions)
+      return None
+  if n > 1:
+    log.info("shard %d of %d done; merge with report.merge_main(%r) once all have finished",
+             k, n, str(out))
+    return None
+  return report.merge_main(out)

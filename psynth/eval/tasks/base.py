@@ -1,0 +1,73 @@
+"""What an evaluation task is: its items (question, N worker inputs, gold) and how to score a reply.
+
+Two ways to form the N branches (`Task.branching`):
+  "sample"  every worker gets the whole problem and works it out; they differ because they
+            sample (temperature, a per-example seed). Math, multiple choice, code, GAIA.
+  "chunk"   worker i reads evidence chunk i only (paragraphs, passages, alerts / metrics);
+            the answer needs what several of them read. HotpotQA, MuSiQue, ARC, D-Bot.
+Workers see `prompts.worker(question, branch input)`, the synthesizer `question`, and
+`single` (no workers) the question with `context`: all the evidence at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from psynth.synthesis.prompts import DEFAULT_SYSTEM
+
+BRANCHINGS = ("sample", "chunk")
+# The branch input of a "sample" worker: the problem is already in its question.
+WORK_IT_OUT = ("There is no document: the problem above is the whole task. Work it out "
+               "yourself, step by step, and state your final answer.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  id: str
+  question: str  # asked of workers and synthesizer alike; ends with the answer format wanted
+  branches: tuple[str, ...]  # worker inputs: one evidence chunk each, or N work orders
+  gold: Any  # JSON-able: what the task's `score` compares the reply with
+  context: str = ""  # what `single` reads besides the question ("" for "sample" tasks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  extracted: str | None  # the answer found in the reply (None: none found)
+  correct: bool
+  f1: float | None = None  # token F1, for open-answer QA
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+  root: Path  # the benchmark data directory
+  num_branches: int
+  max_branch_words: int  # budget of one evidence chunk ("chunk" tasks)
+  seed: int = 0  # for choices shuffles and distractor picks
+  gaia_dir: str = ""
+
+
+class TaskUnavailable(Exception):
+  """A task whose data cannot be had here (GAIA offline): it is skipped, with this message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  branching: str  # one of BRANCHINGS
+  build: Callable[[BuildOptions], list[Item]]
+  score: Callable[[str, Item], Score]
+  system: str = DEFAULT_SYSTEM
+
+  def __post_init__(self):
+    if self.branching not in BRANCHINGS:
+      raise ValueError(f"task {self.name}: branching={self.branching!r}; expected one of "
+                       f"{BRANCHINGS}")
+
+
+def work_orders(n: int) -> tuple[str, ...]:
+  """The branch inputs of a "sample" task: the same work order for each of the n workers."""
+  if n < 1:
+    raise ValueError(f"num_branches={n}; need at least one worker")
+  return (WORK_IT_OUT,) * n

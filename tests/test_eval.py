@@ -1,0 +1,277 @@
+"""Evaluation: every task's reader on the real benchmark files, scoring of gold replies, and
+runs on the tiny random model (summary, sharded == unsharded, resumed == uninterrupted,
+GAIA absent, psynth with an identity adapter == naive)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from psynth.data.sources import data_dir
+from psynth.eval import readers, records, report
+from psynth.eval.runner import NO_ADAPTER, eval_main
+from psynth.eval.tasks import TASKS, BuildOptions, TaskUnavailable
+from psynth.eval.tasks import gaia as gaia_task
+
+try:
+  DATA = data_dir()
+except FileNotFoundError:
+  DATA = None
+pytestmark = pytest.mark.skipif(DATA is None, reason="benchmark data (../shared/data) not found")
+OPTS = BuildOptions(DATA, 3, 120) if DATA else None
+RUN_TASKS, RUN_METHODS = "gpqa_diamond,hotpotqa,gaia", "single,text,naive"
+STATS = ("accuracy", "ci_low", "ci_high", "n")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+  path = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+  spec = importlib.util.spec_from_file_location("psynth_tiny_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.synthesis.worker_max_new_tokens, c.synthesis.max_new_tokens = 6, 6
+  return c
+
+
+@pytest.fixture(scope="module")
+def loaded():
+  import psynth
+  return psynth.load("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def items():
+  return {name: TASKS[name].build(OPTS) for name in TASKS if name != "gaia"}
+
+
+# name -> (examples, id of the first, its gold answer)
+EXPECTED = {
+    "gsm8k": (1319, "test-0", "18"),
+    "math500": (500, "test/precalculus/807.json", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    "aime24": (30, "aime24-60", "204"),
+    "arc_easy": (2376, "Mercury_417466", "A"),
+    "arc_challenge": (1170, "Mercury_7175875", "C"),
+    "mmlu_stem": (3018, "mmlu_stem-0-college_biology", "C"),
+    "gpqa_diamond": (198, "rec06pnAkLOr2t2mp", "A"),
+    "humaneval": (164, "HumanEval/0", "HumanEval/0"),
+    "mbpp": (257, "mbpp-11", 11),
+    "mbpp_plus": (399, "Mbpp/2", "Mbpp/2"),
+    "hotpotqa": (100, "5a77ec115542992a6e59dff7", ["a spirit"]),
+    "musique": (100, "2hop__150763_14904", ["G. Stanley Hall", "Stanley Hall"]),
+    "dbot": (62, "3", "highly deletes"),
+}
+
+
+def _gold(g):
+  return g.get("answer", g.get("task_id")) if isinstance(g, dict) else g
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_task_reads_official_files(name, items):
+  count, first_id, first_gold = EXPECTED[name]
+  got = items[name]
+  assert len(got) == count
+  assert got[0].id == first_id and _gold(got[0].gold) == first_gold
+  assert all(len(it.branches) == 3 for it in got)
+  assert len({it.id for it in got}) == count
+  if TASKS[name].branching == "chunk":  # single reads all the evidence, workers a part each
+    assert got[0].context == "\n\n".join(got[0].branches) and len(set(got[0].branches)) == 3
+  else:
+    assert got[0].context == "" and len(set(got[0].branches)) == 1
+
+
+def test_gpqa_options_are_shuffled_per_record(items):
+  golds = [it.gold["answer"] for it in items["gpqa_diamond"]]
+  assert {g: golds.count(g) for g in "ABCD"} == {"A": 42, "B": 48, "C": 61, "D": 47}
+  first = items["gpqa_diamond"][0]
+  assert first.gold["options"][0] == "10^-4 eV" and "A. 10^-4 eV" in first.question
+
+
+def test_dbot_branches_hold_alerts_and_metrics_only(items):
+  first = items["dbot"][0]
+  assert first.branches[0].startswith("Alerts raised between 2023-10-14 23:25:50")
+  assert first.branches[1].startswith("node_procs_running (for cpu expert): 60 samples")
+  raw = json.loads((DATA / "dbot" / "all_anomalies.json").read_text())
+  leaks = [v[f][:40] for v in raw.values() for f in ("description", "command") if len(v[f]) >= 40]
+  text = "\n".join(b for it in items["dbot"] for b in it.branches + (it.question,))
+  assert len(leaks) > 500 and not any(leak in text for leak in leaks)
+  assert "anomaly_trigger" not in text
+
+
+GOLD_REPLIES = {
+    "gsm8k": "Each day she sells 9 eggs at $2. The answer is \\boxed{18}.",
+    "math500": "So the point is $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.",
+    "aime24": "The walk takes \\boxed{204} minutes.",
+    "arc_easy": "The answer is A.",
+    "mmlu_stem": "Answer: (C)",
+    "hotpotqa": "The answer is: a spirit.",
+    "musique": "Stanley Hall",
+    "dbot": "The root cause is highly deletes.",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLD_REPLIES))
+def test_gold_reply_scores_correct(name, items):
+  item = items[name][0]
+  s = TASKS[name].score(GOLD_REPLIES[name], item)
+  assert s.correct, s
+  assert not TASKS[name].score("I do not know.", item).correct
+
+
+def test_code_tasks_run_canonical_solutions_in_the_sandbox(items):
+  he = readers.read_humaneval(DATA)[0]
+  reply = f"```python\n{he['prompt']}{he['canonical_solution']}```"
+  assert TASKS["humaneval"].score(reply, items["humaneval"][0]).correct
+  mb = readers.read_mbpp("sanitized", DATA)[0]
+  assert TASKS["mbpp"].score(f"```python\n{mb['code']}\n```", items["mbpp"][0]).correct
+  plus = readers.read_mbpp("plus", DATA)[0]
+  assert TASKS["mbpp_plus"].score(plus["canonical_solution"], items["mbpp_plus"][0]).correct
+  assert not TASKS["mbpp_plus"].score("def similar_elements(a, b):\n  return ()\n",
+                                      items["mbpp_plus"][0]).correct
+
+
+def test_gaia_absent_is_a_clear_skip(monkeypatch):
+  monkeypatch.delenv(gaia_task.ENV_VAR, raising=False)
+  with pytest.raises(TaskUnavailable, match="GAIA is gated .* not available offline"):
+    TASKS["gaia"].build(OPTS)
+
+
+def test_gaia_local_copy(tmp_path):
+  folder = tmp_path / "2023" / "validation"
+  folder.mkdir(parents=True)
+  (folder / "notes.txt").write_text("The bridge opened in 1932.")
+  recs = [{"task_id": "t1", "Question": "When did the bridge open?", "Level": 1,
+           "Final answer": "1932", "file_name": "notes.txt"},
+          {"task_id": "t2", "Question": "Name two primes.", "Level": 1,
+           "Final answer": "2, 3", "file_name": ""}]
+  (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  got = TASKS["gaia"].build(BuildOptions(DATA, 3, 120, gaia_dir=str(tmp_path)))
+  assert [it.id for it in got] == ["t1", "t2"]
+  assert "The bridge opened in 1932." in got[0].question
+  assert TASKS["gaia"].score("Final answer: 1,932", got[0]).correct
+  assert TASKS["gaia"].score("Final answer: 2; 3", got[1]).correct
+  assert not TASKS["gaia"].score("Final answer: 2, 5", got[1]).correct
+  assert gaia_task.gaia_match("Paris.", "paris") and not gaia_task.gaia_match(None, "x")
+
+
+def test_psynth_without_adapter_says_how_to_get_one(cfg, tmp_path):
+  with pytest.raises(ValueError, match="needs --adapter=DIR") as e:
+    eval_main(cfg, "hotpotqa", "text,psynth", limit=1, output_dir=tmp_path)
+  assert "python -m psynth train" in str(e.value) and str(e.value) == NO_ADAPTER
+
+
+def _predictions(out: Path) -> dict:
+  """task/method -> merged records without their timings."""
+  return {f"{p.parent.name}/{p.stem}": [{k: v for k, v in r.items()
+                                         if k not in report.TIMING_FIELDS}
+                                        for r in records.read_jsonl(p)]
+          for p in sorted((out / "predictions").glob("*/*.jsonl")) if ".shard-" not in p.name}
+
+
+def _stats(summary: dict) -> dict:
+  return {t: {m: {k: s[k] for k in STATS} for m, s in by.items()} for t, by in summary.items()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, cfg, loaded):
+  out = tmp_path_factory.mktemp("full")
+  summary = eval_main(cfg, RUN_TASKS, RUN_METHODS, limit=2, output_dir=out, loaded=loaded,
+                      progress=False)
+  return out, summary
+
+
+def test_run_writes_summary_predictions_and_table(full_run, items):
+  out, summary = full_run
+  assert summary == json.loads((out / "summary.json").read_text())
+  assert list(summary) == ["gpqa_diamond", "hotpotqa"]
+  for task, rows in summary.items():
+    assert list(rows) == ["single", "text", "naive"]
+    for method, s in rows.items():
+      assert s["n"] == 2 and 0 <= s["ci_low"] <= s["accuracy"] <= s["ci_high"] <= 1
+      assert s["ttft_s"] > 0 and s["ttft_ratio_to_text"] == pytest.approx(
+          s["ttft_s"] / rows["text"]["ttft_s"])
+      if s["accuracy"] == 0:
+        assert s["ci_high"] == pytest.approx(0.6576, abs=1e-4)  # Wilson 95%, 0 of 2
+  preds = _predictions(out)
+  assert sorted(preds) == [f"{t}/{m}" for t in ("gpqa_diamond", "hotpotqa")
+                           for m in ("naive", "single", "text")]
+  first = preds["hotpotqa/text"][0]
+  assert first["id"] == items["hotpotqa"][0].id and first["gold"] == ["a spirit"]
+  assert {"prediction", "extracted", "correct", "prompt_tokens", "answer_tokens",
+          "branch_tokens", "f1"} <= set(first)
+  assert preds["gpqa_diamond/single"][0]["gold"] == "A"
+  assert preds["hotpotqa/single"][0]["branch_tokens"] == 0 < first["branch_tokens"]
+  branches = records.read_jsonl(out / "branches" / "hotpotqa.shard-00000-of-00001.jsonl")
+  assert [b["index"] for b in branches] == [0, 1] and all(len(b["texts"]) == 3 for b in branches)
+  table = (out / "results.md").read_text()
+  assert "| hotpotqa | naive | 2 | 0.0% [0.0, 65.8] | 0.0 |" in table
+  assert "Skipped gaia: GAIA is gated" in table
+  assert "gaia" in json.loads((out / "skipped.json").read_text())
+  # GPQA stays in memory: no file under the output dir holds a question's plain text.
+  secret = [it.question.split("\n")[0][:60] for it in items["gpqa_diamond"][:2]]
+  for p in out.rglob("*"):
+    if p.is_file():
+      assert not any(s in p.read_text(errors="replace") for s in secret), p
+
+
+def test_sharded_run_merged_equals_unsharded(full_run, cfg, loaded, tmp_path):
+  out, summary = full_run
+  for k in (1, 0):
+    assert eval_main(cfg, RUN_TASKS, RUN_METHODS, limit=2, output_dir=tmp_path, num_shards=2,
+                     shard_id=k, loaded=loaded, progress=False) is None
+  assert len(records.read_jsonl(tmp_path / "predictions" / "hotpotqa" /
+                                "text.shard-00001-of-00002.jsonl")) == 1
+  merged = report.merge_main(tmp_path)
+  assert _stats(merged) == _stats(summary)
+  assert _predictions(tmp_path) == _predictions(out)
+
+
+def test_interrupted_run_resumed_equals_uninterrupted(full_run, cfg, loaded, tmp_path):
+  out, summary = full_run
+  kw = dict(limit=2, output_dir=tmp_path, loaded=loaded, progress=False)
+  assert eval_main(cfg, RUN_TASKS, RUN_METHODS, max_predictions=4, **kw) is None
+  shard = "shard-00000-of-00001"
+  gpqa = tmp_path / "predictions" / "gpqa_diamond"
+  done = {m: len(records.read_jsonl(gpqa / f"{m}.{shard}.jsonl"))
+          for m in ("single", "text", "naive")}
+  assert done == {"single": 2, "text": 1, "naive": 1}
+  with open(tmp_path / "predictions" / "gpqa_diamond" / f"text.{shard}.jsonl", "a") as f:
+    f.write('{"id": "torn, the process died mid-li')  # a torn last line is cut on resume
+  resumed = eval_main(cfg, RUN_TASKS, RUN_METHODS, **kw)
+  assert _stats(resumed) == _stats(summary)
+  assert _predictions(tmp_path) == _predictions(out)
+  with pytest.raises(ValueError, match="num_branches"):  # other settings: not mixed in
+    eval_main(cfg, RUN_TASKS, RUN_METHODS, num_branches=2, **kw)
+
+
+def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
+  """A fresh adapter (LoRA B = 0, mapper at identity) leaves the cache path unchanged. The
+  workers' texts come from the first run's files: reused, not regenerated."""
+  import shutil
+
+  import psynth
+  from flax import nnx
+  from psynth.cache.mapper import CacheMapper
+  from psynth.convert.adapter_dir import save_adapter_dir
+  from psynth.model.lora import add_lora
+
+  own = psynth.load("tiny-random")
+  c = own.config
+  add_lora(own.model, rank=4, alpha=8.0, rngs=nnx.Rngs(0))
+  adapter = save_adapter_dir(tmp_path / "adapter", own.model,
+                             CacheMapper("affine", c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(1)))
+  out = tmp_path / "out"
+  shutil.copytree(full_run[0] / "branches", out / "branches")
+  shutil.copy(full_run[0] / "run.json", out / "run.json")
+  summary = eval_main(cfg, "hotpotqa", "psynth", limit=2, output_dir=out, adapter=adapter,
+                      loaded=psynth.load("tiny-random"), progress=False)
+  preds = _predictions(out)["hotpotqa/psynth"]
+  naive = _predictions(full_run[0])["hotpotqa/naive"]
+  assert [r["prediction"] for r in preds] == [r["prediction"] for r in naive]
+  assert [r["branch_tokens"] for r in preds] == [r["branch_tokens"] for r in naive]
+  assert preds[0]["adapter"] == str(adapter) and summary["hotpotqa"]["psynth"]["n"] == 2
+  assert len(records.read_jsonl(out / "branches" / "hotpotqa.shard-00000-of-00001.jsonl")) == 2
