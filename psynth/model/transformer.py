@@ -149,7 +149,7 @@ def dense(layer: Dense, x: jax.Array, lora: bool = False) -> jax.Array:
 ATTN_BLOCK = 256  # query rows per chunk and own keys per block (best of 64..512 measured on CPU)
 CACHE_BLOCK = 256  # cache slots per block
 # Query x key pairs (per head) up to which one plain masked softmax beats the blocked loops.
-DIRECT_SCORES = 1 << 20
+DIRECT_SCORES = 1 << 19
 
 
 def _scores(q_c, k_blk, kv_pos, kv_valid, q_pos_c, G):
@@ -282,6 +282,17 @@ def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array
   return out[:, :T]
 
 
+def _zero_after(x: jax.Array) -> jax.Array:
+  """An int32 0 computed from x (bit 0 of its first element, min 0; XLA does not fold it).
+
+  Added to an index, it orders the indexing op after x exists, which plain data flow would
+  not: XLA schedules (and decides on copies) by data dependencies alone.
+  """
+  first = jax.lax.stop_gradient(x.reshape(-1)[0]).astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(first, jnp.int32)
+  return jnp.minimum(bits & 1, 0)
+
+
 def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lora: bool):
   """One decoder layer; `layer_cache` is None or this layer's (k, v, positions, valid) slots.
 
@@ -339,19 +350,21 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   zero = jnp.zeros((), jnp.int32)
 
   new_k, new_v = [], []
-  k_in, v_in = cache.k, cache.v
   for layer, blk in enumerate(model.layers):
     layer_cache = None
     if attend_cache:
-      # Tied to x, a layer's cache is read (and re-laid out for its matmuls) when that layer
-      # runs; untied, XLA hoisted all 30 layers' copies to the start, all live at once.
-      k_in, v_in, x = jax.lax.optimization_barrier((k_in, v_in, x))
-      layer_cache = (k_in[layer], v_in[layer], cache.positions, cache.valid)
+      # Read when the layer runs: with a constant index, XLA's CPU scheduler hoisted all 30
+      # layers' cache copies (re-laid out for the matmuls) to the start, all live at once
+      # (100 MB for a 2k-slot cache, whose fresh pages cost more than the copying).
+      take = lambda a: jax.lax.dynamic_index_in_dim(a, layer + _zero_after(x), keepdims=False)
+      layer_cache = (take(cache.k), take(cache.v), cache.positions, cache.valid)
     x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache, lora)
     new_k.append(k)
     new_v.append(v)
-  # One write of every layer's new K/V: in place when the caller donates the cache.
-  at = (zero, zero, end, zero, zero)
+  # One write of every layer's new K/V, in place. Its index depends on the last layer's x,
+  # hence on every layer's cache reads: with a plain index, XLA could not prove the reads
+  # come first and copied the whole cache before writing (each decode step, donated or not).
+  at = (zero, zero, end + _zero_after(x), zero, zero)
   k_all = jax.lax.dynamic_update_slice(cache.k, jnp.stack(new_k), at)
   v_all = jax.lax.dynamic_update_slice(cache.v, jnp.stack(new_v), at)
   slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions_BxT, (zero, end))
