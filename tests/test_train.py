@@ -71,6 +71,8 @@ def test_training_lowers_loss_and_keeps_base_weights(tmp_path):
   scalars = read_scalars(tmp_path / "tensorboard", "train/loss")
   assert [s for s, _ in scalars] == list(range(1, 31))
   assert scalars[-1][1] == pytest.approx(hist.losses[-1], rel=1e-6)
+  from psynth.train.curve import plot
+  assert plot(tmp_path, tmp_path / "curve.png").stat().st_size > 10_000
   # The adapter directory training writes reloads into a fresh model bit for bit.
   from psynth.convert.adapter_dir import load_adapter_dir
   trainer.save_adapter(tmp_path / "adapter")
