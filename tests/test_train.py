@@ -96,6 +96,7 @@ def test_resume_continues_the_same_run(tmp_path):
   assert part.steps == [1, 2, 3] and rest.steps == [4, 5, 6]
   np.testing.assert_allclose(part.losses + rest.losses, full.losses, rtol=0, atol=1e-6)
   assert rest.eval[-1][1] == pytest.approx(full.eval[-1][1], abs=1e-6)
+  assert math.isfinite(full.text_eval) and full.text_eval != full.naive_eval
 
 
 def test_mesh_of_8_devices_matches_one_device(tmp_path):

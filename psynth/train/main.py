@@ -56,7 +56,8 @@ def run(cfg):
                    f"{hist.compile_s:.1f} s)")
     if hist.naive_eval is not None and hist.eval:
       lines.append(f"held-out loss: naive cache path {hist.naive_eval:.4f}, trained "
-                   f"{hist.eval[-1][1]:.4f} (step {hist.eval[-1][0]})")
+                   f"{hist.eval[-1][1]:.4f} (step {hist.eval[-1][0]}); text synthesis "
+                   f"{hist.text_eval:.4f}")
     lines.append(f"adapter (LoRA + mapper): {adapter}")
     print("\n".join(lines))
   return trainer, hist

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from psynth.cache.mapper import CacheMapper, MapperParam
-from psynth.model.transformer import Transformer
+from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.sharding import logical_spec
 from psynth.train import loss as loss_lib
 
@@ -120,6 +120,23 @@ def make_eval_step(split: Split, *, mode: str, lora: bool = True, use_mapper: bo
     synth = split.merge(trainable, frozen)
     t = loss_lib.compute(synth.model, synth.mapper if use_mapper else None, batch, mode=mode,
                          lora=lora)
+    return dict(ce=t["ce"], tokens=t["tokens"])
+
+  return evaluate
+
+
+def make_text_eval_step(split: Split):
+  """`eval(trainable, frozen, batch) -> {ce, tokens}` of the *text* synthesizer: the base model
+  reading the branch texts in its prompt (`synth_*` rows hold that prompt ++ the target).
+  The reference point the cache path is trained to reach."""
+
+  def evaluate(trainable, frozen, batch):
+    model = split.merge(trainable, frozen).model
+    B, T = batch["synth_tokens"].shape
+    logits, _ = forward(model, batch["synth_tokens"], batch["synth_positions"],
+                                 init_cache(model.config, B, T), attend_cache=False,
+                                 lora=False)
+    t = loss_lib.loss_terms(logits, batch)
     return dict(ce=t["ce"], tokens=t["tokens"])
 
   return evaluate

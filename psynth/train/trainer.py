@@ -81,6 +81,7 @@ class History:
   steps: list[int] = dataclasses.field(default_factory=list)  # 1-based step numbers
   eval: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val loss)
   naive_eval: float | None = None  # val loss of the untrained (naive) cache path
+  text_eval: float | None = None  # val loss of the text synthesizer (base model, texts pasted)
   step_s: list[float] = dataclasses.field(default_factory=list)
   tokens_per_s: list[float] = dataclasses.field(default_factory=list)
   compile_s: float | None = None
@@ -144,6 +145,8 @@ class Trainer:
                                              use_mapper=on),
                      in_shardings=(tr_sh, fr_sh, None), out_shardings=repl)
         for key, on in (("trained", True), ("naive", False))}
+    self._eval["text"] = jax.jit(step_lib.make_text_eval_step(self.split),
+                                 in_shardings=(tr_sh, fr_sh, None), out_shardings=repl)
     self.signature = signature(loaded, cfg)
     self.stop_id = loaded.eos_ids[0] if loaded.eos_ids else loaded.tokenizer.eos_token_id
 
@@ -195,7 +198,11 @@ class Trainer:
 
   # ------------------------------------------------------------------ eval
   def evaluate(self, items, which: str = "trained", branches=None) -> float:
-    """Mean target-token cross-entropy on `items` (val loss) for the trained or naive path."""
+    """Mean target-token cross-entropy on `items` (val loss): the trained or the naive cache
+    path, or the text synthesizer (`which="text"`: needs items tokenized `with_text`)."""
+    if which == "text":  # the same targets after the text synthesizer's prompt
+      items = [dataclasses.replace(it, synth_prompt=it.text_prompt) for it in items]
+      branches = None
     sizes = batch_lib.batch_sizes(items)
     ce = tokens = 0.0
     for i in range(0, len(items), self.micro):
@@ -232,7 +239,7 @@ class Trainer:
                          f"batch_size={t.batch_size} would need {start * t.batch_size}")
       log.info("resumed from %s at step %d", ckpts.directory, start)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
-    val_items = self.tokenize(val) if val else []
+    val_items = self.tokenize(val, with_text=True) if val else []
     sizes = batch_lib.batch_sizes(train_items, with_text=t.kl_weight > 0)
     train_br = val_br = None
     if t.cache_branches:
@@ -240,7 +247,8 @@ class Trainer:
       val_br = self.encode_all(val_items, "val branch caches") if val_items else None
     if val_items:
       hist.naive_eval = self.evaluate(val_items, "naive", val_br)
-      writer.write(start, {"eval/naive_loss": hist.naive_eval})
+      hist.text_eval = self.evaluate(val_items, "text")
+      writer.write(start, {"eval/naive_loss": hist.naive_eval, "eval/text_loss": hist.text_eval})
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
                disable=not progress or jax.process_index() != 0)
