@@ -3,6 +3,7 @@
 Commands:
   synthesize fan out, then text vs cache synthesis (no flags: the built-in example)
              python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
+                                         [--adapter=WORKDIR/adapter]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
   data       training examples from the benchmark files, then their branches (generated once):
@@ -35,7 +36,7 @@ _BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input 
 _WHAT = flags.DEFINE_enum("what", "merged", ["merged", "peft", "reference", "psynth"],
                           "export: merged HF checkpoint, PEFT adapter, reference release "
                           "(cache_mapper.pt + judger_lora/) or psynth adapter dir.")
-_ADAPTER = flags.DEFINE_string("adapter", None, "export, eval (method psynth): an adapter dir "
+_ADAPTER = flags.DEFINE_string("adapter", None, "synthesize, export, eval (method psynth): an adapter dir "
                                "(psynth, PEFT or reference release), e.g. WORKDIR/adapter.")
 _TASKS = flags.DEFINE_list("tasks", ["arc_easy", "hotpotqa"], "eval: tasks, comma-separated.")
 _METHODS = flags.DEFINE_list("methods", ["single", "text", "naive"],
@@ -77,6 +78,9 @@ def _synthesize(cfg) -> None:
   loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
   s = cfg.synthesis
   kw = dict(question=_QUESTION.value, documents=_BRANCH.value) if _QUESTION.value else {}
+  if _ADAPTER.value:  # a trained synthesizer: its LoRA joins the model, its mapper the cache path
+    from psynth.convert.export import load_any_adapter
+    kw["adapter"] = psynth.Adapter(mapper=load_any_adapter(_ADAPTER.value, loaded.model), lora=True)
   print(demo.run(loaded, mode=s.mode, worker_tokens=s.worker_max_new_tokens,
                  answer_tokens=s.max_new_tokens, **kw))
 
