@@ -12,7 +12,8 @@ from psynth.train.logs import read_scalars
 
 
 def plot(workdir: str | Path, out_png: str | Path) -> Path:
-  """Train loss per step, held-out loss of the trained cache path, and the naive baseline."""
+  """Train loss per step, held-out loss of the trained cache path, the naive cache path and
+  text synthesis (base model, branch texts in the prompt) on the same targets."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -27,6 +28,8 @@ def plot(workdir: str | Path, out_png: str | Path) -> Path:
     ax.plot([s for s, _ in val], [v for _, v in val], "o-", label="held-out loss (psynth)")
     naive = read_scalars(tb, "eval/naive_loss")[-1][1]
     ax.axhline(naive, color="gray", ls="--", label=f"held-out loss, naive cache path ({naive:.3f})")
+    text = read_scalars(tb, "eval/text_loss")[-1][1]
+    ax.axhline(text, color="green", ls=":", label=f"held-out loss, text synthesis ({text:.3f})")
   except KeyError:
     pass
   ax.set_xlabel("step")
