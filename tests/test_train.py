@@ -122,6 +122,17 @@ def test_cached_branches_give_the_same_losses_as_reencoding(tmp_path):
   assert runs[0].eval[-1][1] == pytest.approx(runs[1].eval[-1][1], abs=1e-5)
 
 
+def test_kl_term_towards_the_text_synthesizer(tmp_path):
+  kw = dict(steps=2, batch_size=2, lr=1e-2, warmup_steps=1, save_every=100, kl_weight=0.5)
+  trainer = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path, **kw), mesh=one_device())
+  hist = trainer.fit(examples(2), progress=False)
+  kl = read_scalars(tmp_path / "tensorboard", "train/kl")
+  ce = read_scalars(tmp_path / "tensorboard", "train/ce")
+  assert all(v > 0 for _, v in kl)
+  for (_, k), (_, c), total in zip(kl, ce, hist.losses):
+    assert total == pytest.approx(c + 0.5 * k, rel=1e-5)
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
   data = examples(4)
   kw = dict(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, save_every=100)
