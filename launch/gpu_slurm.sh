@@ -113,7 +113,7 @@ script() {
     echo "# One task per node uses all of its GPUs. JAX's SLURM auto-detection would pin each"
     echo "# process to GPU \$SLURM_LOCALID only, so the coordinator is given explicitly and"
     echo "# SLURM_LOCALID hidden (psynth's dist config has no local_device_ids)."
-    echo "COORD=\"\$(scontrol show hostnames \"\$SLURM_JOB_NODELIST\" | head -n1):\$((SLURM_JOB_ID % 4096 + 61440))\""
+    echo "COORD=\"\$(scontrol show hostnames \"\$SLURM_JOB_NODELIST\" | awk 'NR == 1'):\$((SLURM_JOB_ID % 4096 + 61440))\""
     echo "export COORD"
     echo "srun --label bash -c 'unset SLURM_LOCALID; exec \"\$@\"" \
       "--config.dist.coordinator=\$COORD --config.dist.num_processes=\$SLURM_NTASKS" \
