@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from psynth.cache.mapper import CacheMapper
 from psynth.convert import lora_names, mapper_io
-from psynth.convert.atomic_dir import atomic_dir
+from psynth.atomic import atomic_dir
 from psynth.model.config import ModelConfig
 from psynth.model.transformer import Transformer
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,8 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
+
+from psynth.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,7 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
   tensors = _hf_tensors(reader, meta, gguf_path)
   config = _hf_config(meta, tensors)
 
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-  try:
+  with atomic_dir(out_dir) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]},
@@ -74,12 +71,6 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     log.info("writing %d tensors to model.safetensors", len(tensors))
     save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
     _save_tokenizer(gguf_path, meta.get("tokenizer.chat_template"), tmp)
-    if out_dir.exists():
-      out_dir.rmdir()  # empty (checked above); a rename cannot replace a directory otherwise
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   log.info("wrote HF checkpoint %s", out_dir)
   return out_dir
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -13,6 +10,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from psynth.atomic import atomic_dir
 from psynth.cache.mapper import CacheMapper
 
 _NAMES = ("w1", "b1", "w2", "b2")
@@ -20,19 +18,10 @@ _NAMES = ("w1", "b1", "w2", "b2")
 
 def save_mapper(mapper: CacheMapper, out_dir: str | Path) -> Path:
   """Writes the mapper atomically (a temporary sibling directory renamed into place)."""
-  out_dir = Path(out_dir)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-  try:
+  with atomic_dir(out_dir) as tmp:
     save_file({n: np.asarray(getattr(mapper, n)[...]) for n in _NAMES}, tmp / "mapper.safetensors")
     (tmp / "mapper.json").write_text(json.dumps(mapper.shape_signature(), indent=1) + "\n")
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  return Path(out_dir)
 
 
 def load_mapper(ckpt_dir: str | Path, num_layers: int, num_kv_heads: int) -> CacheMapper:

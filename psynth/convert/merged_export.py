@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from psynth.convert import hf_names, lora_names
-from psynth.convert.atomic_dir import atomic_dir
+from psynth.atomic import atomic_dir
 from psynth.model.transformer import Transformer
 
 # Files of a source checkpoint that are not weights or the model config: tokenizer, chat

@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.numpy import load_file, save_file
 
 from psynth.convert import lora_names
-from psynth.convert.atomic_dir import atomic_dir
+from psynth.atomic import atomic_dir
 from psynth.model.transformer import Transformer
 
 CONFIG = "adapter_config.json"

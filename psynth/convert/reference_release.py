@@ -22,7 +22,7 @@ from flax import nnx
 
 from psynth.cache.mapper import CacheMapper
 from psynth.convert import lora_names, peft_io
-from psynth.convert.atomic_dir import atomic_dir
+from psynth.atomic import atomic_dir
 from psynth.model.transformer import Transformer
 
 MAPPER = "cache_mapper.pt"

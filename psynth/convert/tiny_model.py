@@ -8,11 +8,10 @@ with `transformers` (seeded, so identical everywhere) next to the default model.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from psynth.atomic import atomic_dir
 from psynth.convert.default_model import cache_root, ensure_default_model
 
 TINY_MODEL = "tiny-random"
@@ -46,13 +45,9 @@ def ensure_tiny_model() -> Path:
     # could be confident and a loss could hardly halve. 0.5 gives logits room to move.
     with torch.no_grad():
       torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.5)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{TINY_MODEL}-") as tmp:
+    with atomic_dir(target) as tmp:
       model.save_pretrained(tmp, safe_serialization=True)
       for name in _TOKENIZER_FILES:
         if (source / name).is_file():
-          shutil.copy(source / name, Path(tmp) / name)
-      if target.exists():
-        shutil.rmtree(target)
-      os.replace(tmp, target)
-      os.makedirs(tmp)  # TemporaryDirectory removes it on exit
+          shutil.copy(source / name, tmp / name)
   return target

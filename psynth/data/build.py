@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from psynth import atomic
 from psynth.data import procedural, real_tasks, sources
 from psynth.data.example import Example
 
@@ -159,15 +159,7 @@ def split(examples: Sequence[Example], val_fraction: float, seed: int
 
 def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
   """Atomic: written to a temporary file next to `path`, then moved over it."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for ex in examples:
-      f.write(ex.to_json() + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(ex.to_json() + "\n" for ex in examples))
 
 
 def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, n_branches: int = 3,

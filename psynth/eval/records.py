@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import IO
 
+from psynth import atomic
+
 SHARD_GLOB = "*.shard-*-of-*.jsonl"
 
 
@@ -72,7 +74,4 @@ def append(f: IO[str], record: dict) -> None:
 
 def write_json(path: Path, obj) -> None:
   """Writes `obj` as indented JSON, atomically (a reader never sees half a file)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  atomic.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")

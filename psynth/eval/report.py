@@ -8,9 +8,9 @@ It covers every prediction under DIR, whichever run or shard wrote it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from psynth import atomic
 from psynth.eval import records
 from psynth.eval.intervals import wilson_interval
 from psynth.eval.methods import METHODS
@@ -68,9 +68,7 @@ def markdown(summary: dict, skipped: dict[str, str] | None = None) -> str:
 
 
 def _write_jsonl(path: Path, recs: list[dict]) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-  os.replace(tmp, path)
+  atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
 
 
 def merge_main(output_dir: str | Path) -> dict:

@@ -40,16 +40,20 @@ class Adapter:
   lora: bool = False
 
 
-def branch_starts(lengths_N: np.ndarray, mode: str, prefix_len: int = 0) -> tuple[np.ndarray, int]:
-  """Start position of every branch and of the synthesizer prompt, for a position mode."""
-  lengths_N = np.asarray(lengths_N, np.int64)
+def branch_starts(lengths_xN, mode: str, prefix_len: int = 0):
+  """Start position of every branch `[..., N]` and of the synthesizer prompt `[...]`.
+
+  `lengths_xN`: branch lengths, numpy (inference, on the host) or traced (training, per
+  example of a batch); the result is of the same kind.
+  """
+  xp = np if isinstance(lengths_xN, np.ndarray) else jnp
   if mode == "shared_start":
-    return np.zeros_like(lengths_N), int(lengths_N.max())
+    return xp.zeros_like(lengths_xN), lengths_xN.max(axis=-1)
   if mode == "after_prefix":
-    return np.full_like(lengths_N, prefix_len), prefix_len + int(lengths_N.max())
+    return xp.full_like(lengths_xN, prefix_len), prefix_len + lengths_xN.max(axis=-1)
   if mode == "sequential":
-    ends = np.cumsum(lengths_N)
-    return ends - lengths_N, int(ends[-1])
+    ends = xp.cumsum(lengths_xN, axis=-1)
+    return ends - lengths_xN, ends[..., -1]
   raise ValueError(f"position mode {mode!r} unknown; choose from {MODES}")
 
 
@@ -83,7 +87,8 @@ def cache_prefill(engine: Engine, branches: Branches, synth_ids: Sequence[int], 
     prefix_len = common_prefix_len([branches.prefix_tokens, prompt])
     prefix = ops.truncate(branches.prefix, prefix_len)
     prompt = prompt[prefix_len:]
-  starts, synth_start = branch_starts(lengths, mode, prefix_len)
+  starts, synth_start = branch_starts(np.asarray(lengths, np.int64), mode, prefix_len)
+  synth_start = int(synth_start)
   ctx = engine.config.max_position_embeddings
   if synth_start + len(prompt) + max_new_tokens > ctx:
     raise ValueError(f"merged branches end at position {synth_start}; with the {len(prompt)}-"

@@ -20,6 +20,7 @@ from psynth.cache import ops
 from psynth.cache.kv_cache import KVCache
 from psynth.model import rope
 from psynth.model.transformer import Transformer, forward, init_cache
+from psynth.synthesis.synthesize import branch_starts
 
 TRAIN_MODES = ("shared_start", "sequential")
 
@@ -59,26 +60,17 @@ def encode_branches(model: Transformer, batch, length: int) -> dict[str, jax.Arr
               branch_positions=c.positions, branch_valid=c.valid)
 
 
-def branch_starts(lengths_BxN: jax.Array, mode: str) -> tuple[jax.Array, jax.Array]:
-  """Start of every branch `[B*N]` and of the synthesizer prompt `[B]` (traced)."""
-  if mode == "shared_start":
-    starts = jnp.zeros_like(lengths_BxN)
-    return starts.reshape(-1), lengths_BxN.max(axis=1)
-  if mode == "sequential":
-    ends = jnp.cumsum(lengths_BxN, axis=1)
-    return (ends - lengths_BxN).reshape(-1), ends[:, -1]
-  raise ValueError(f"training position mode {mode!r}; supported: {TRAIN_MODES}")
-
-
 def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
                  lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
                  lora: bool = True) -> jax.Array:
   """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches."""
   B, N = lengths_BxN.shape
   T = synth_tokens.shape[1]
+  if mode not in TRAIN_MODES:  # after_prefix needs a real shared prefix, which training lacks
+    raise ValueError(f"training position mode {mode!r}; supported: {TRAIN_MODES}")
   inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
-  starts, synth_start = branch_starts(lengths_BxN, mode)
-  moved = ops.reposition(branches, starts, jnp.asarray(inv_freq))
+  starts_BxN, synth_start = branch_starts(jnp.asarray(lengths_BxN), mode)
+  moved = ops.reposition(branches, starts_BxN.reshape(-1), jnp.asarray(inv_freq))
   if mapper is not None:
     moved = mapper_lib.apply(mapper, moved, lengths_BxN)
   merged = ops.extend(ops.merge_rows(moved, N), T)

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from psynth.cache.mapper import CacheMapper, MapperParam
-from psynth.model.transformer import Transformer, forward, init_cache
+from psynth.model.transformer import Transformer
 from psynth.sharding import logical_spec
 from psynth.train import loss as loss_lib
 
@@ -132,10 +132,7 @@ def make_text_eval_step(split: Split):
 
   def evaluate(trainable, frozen, batch):
     model = split.merge(trainable, frozen).model
-    B, T = batch["synth_tokens"].shape
-    logits, _ = forward(model, batch["synth_tokens"], batch["synth_positions"],
-                                 init_cache(model.config, B, T), attend_cache=False,
-                                 lora=False)
+    logits = loss_lib.text_logits(model, batch["synth_tokens"], batch["synth_positions"])
     t = loss_lib.loss_terms(logits, batch)
     return dict(ce=t["ce"], tokens=t["tokens"])
 

@@ -57,11 +57,9 @@ def signature(loaded: Loaded, cfg) -> dict:
 
 def batch_indices(n_examples: int, step: int, global_batch: int, seed: int) -> np.ndarray:
   """Example indices of step `step` (0-based): epochs of seeded permutations, no state."""
-  out = np.empty(global_batch, np.int64)
-  for j, k in enumerate(range(step * global_batch, (step + 1) * global_batch)):
-    epoch, i = divmod(k, n_examples)
-    out[j] = np.random.default_rng([seed, epoch]).permutation(n_examples)[i]
-  return out
+  epochs, index = np.divmod(np.arange(step * global_batch, (step + 1) * global_batch), n_examples)
+  perms = {e: np.random.default_rng([seed, e]).permutation(n_examples) for e in set(epochs.tolist())}
+  return np.array([perms[e][i] for e, i in zip(epochs.tolist(), index.tolist())], np.int64)
 
 
 def split_accum(arrays: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:

@@ -1,4 +1,8 @@
-"""`atomic_dir(out)`: write a whole directory, or nothing (a temporary sibling renamed into place)."""
+"""Writes that are whole or absent: a directory (`atomic_dir`) or a text file (`write_text`).
+
+Both write a temporary sibling and rename it into place, so a reader (or a run killed
+mid-write) sees either the old content or the complete new one.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +33,20 @@ def atomic_dir(out_dir: str | Path):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+  """Writes `text` to `path` (UTF-8), flushed to disk, then renamed over it."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
