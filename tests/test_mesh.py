@@ -39,11 +39,13 @@ def test_cache_synthesis_sharded_equals_single_device(tiny_checkpoint):
       br.cache = sharding.shard_cache(br.cache, mesh)
       assert br.cache.k.sharding.spec[1] == "data" and br.cache.k.sharding.spec[3] == "tensor"
       with sharding.use_mesh(mesh):
-        logits, cache, _ = cache_prefill(engine, br, [7, 8, 9, 10],
+        logits, build, _ = cache_prefill(engine, br, [7, 8, 9, 10],
                                          adapter=Adapter(mapper=mapper, lora=True))
+        cache = build()
     else:
-      logits, cache, _ = cache_prefill(engine, br, [7, 8, 9, 10],
+      logits, build, _ = cache_prefill(engine, br, [7, 8, 9, 10],
                                        adapter=Adapter(mapper=mapper, lora=True))
+      cache = build()
     return np.asarray(logits), np.asarray(cache.k), np.asarray(cache.v)
 
   single = run(None)

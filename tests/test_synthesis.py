@@ -14,7 +14,7 @@ from psynth.model.config import ModelConfig
 from psynth.model.lora import add_lora
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.fanout import encode_branches, run_workers
-from psynth.synthesis.generate import Engine, SamplingConfig
+from psynth.synthesis.generate import Engine, SamplingConfig, bucket
 from psynth.synthesis.synthesize import Adapter, cache_prefill
 
 ROPE_KINDS = ["llama_gqa", "llama3_rope", "linear_rope", "yarn_rope", "qwen3"]
@@ -204,3 +204,53 @@ def test_cache_path_answer_equals_generation_over_branch_then_prompt(tiny_checkp
                                  mode="sequential").answer_ids
   ref = engine.generate([branch + synth], SamplingConfig(max_new_tokens=10)).tokens[0]
   assert got == ref
+
+
+@pytest.mark.parametrize("mode", ["shared_start", "after_prefix", "sequential"])
+def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
+  """The first token's prefill re-encodes and maps each layer as it reads it (`cache.lazy`):
+  its logits and the decode cache built after it equal the eager path's (reposition ->
+  mapper -> merge -> extend -> forward), with a trained-looking mapper and LoRA on."""
+  from psynth.synthesis.synthesize import branch_starts
+  model = add_lora(_model(tiny_checkpoint), rank=4, alpha=8, rngs=nnx.Rngs(0))
+  for blk in model.layers:
+    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.03))
+  cfg = model.config
+  mapper = mapper_lib.CacheMapper("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
+  rng = np.random.RandomState(7)
+  shared = [1, 2, 3, 4]
+  worker_prompts = [shared + rng.randint(0, 128, 2 + i).tolist() for i in range(3)]
+  outputs = [rng.randint(0, 128, n).tolist() for n in (6, 11, 3)]  # ragged: padding slots
+  synth = shared + rng.randint(0, 128, 5).tolist()
+  engine = Engine(model)
+  br = encode_branches(engine, worker_prompts, outputs)
+  logits, build, next_pos = cache_prefill(engine, br, synth, mode=mode,
+                                          adapter=Adapter(mapper, lora=True), max_new_tokens=4)
+  cache = build()
+
+  # The eager path, by hand.
+  P = len(shared) if mode == "after_prefix" else 0
+  prompt = synth[P:]
+  starts, start = branch_starts(np.asarray(br.lengths, np.int64), mode, P)
+  inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
+  moved = ops.reposition(br.cache, jnp.asarray(starts, jnp.int32), jnp.asarray(inv_freq))
+  moved = ops.merge_rows(mapper_lib.apply(mapper, moved, jnp.asarray(br.lengths)[None]), 3)
+  if P:
+    moved = ops.concat_slots(ops.truncate(br.prefix, P), moved)
+  pos = np.arange(start, start + len(prompt), dtype=np.int32)[None]
+  ref, ref_cache = forward(model, np.array([prompt], np.int32), pos,
+                           ops.extend(moved, len(prompt)), lora=True)
+  assert next_pos == start + len(prompt)
+  assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-5
+  n = ref_cache.slots
+  valid = np.asarray(cache.valid)[:, :n]
+  np.testing.assert_array_equal(valid, np.asarray(ref_cache.valid))
+  np.testing.assert_array_equal(np.asarray(cache.positions)[:, :n][valid],
+                                np.asarray(ref_cache.positions)[valid])
+  for got, want in ((cache.k, ref_cache.k), (cache.v, ref_cache.v)):
+    diff = np.abs(np.asarray(got)[:, :, :n] - np.asarray(want))
+    assert diff[np.broadcast_to(valid[None, :, :, None, None], diff.shape)].max() <= 1e-5
+  # After the prompt's padded bucket: empty slots for the answer.
+  assert not np.asarray(cache.valid)[:, n:].any()
+  assert int(cache.end) == n - len(prompt) + bucket(len(prompt))

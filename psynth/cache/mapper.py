@@ -70,11 +70,18 @@ def apply(mapper: CacheMapper, branches: KVCache, lengths_BxN: jax.Array) -> KVC
   Invalid (padding) slots are untouched, so they stay exactly zero-effect after the merge.
   """
   B, N = lengths_BxN.shape
-  a_k, b_k, a_v, b_v = coefficients(mapper, lengths_BxN)  # each [B, N, L, K]
-  # -> [L, B*N, 1, K, 1] to broadcast over slots and head_dim of the cache.
-  per_row = lambda c: c.reshape(B * N, mapper.num_layers, -1).transpose(1, 0, 2)[:, :, None, :, None]
-  valid = branches.valid[None, :, :, None, None]
-  k32, v32 = branches.k.astype(jnp.float32), branches.v.astype(jnp.float32)
-  k = jnp.where(valid, per_row(a_k) * k32 + per_row(b_k), k32).astype(branches.k.dtype)
-  v = jnp.where(valid, per_row(a_v) * v32 + per_row(b_v), v32).astype(branches.v.dtype)
+  # [4, B, N, L, K] -> [4, L, B*N, 1, K, 1] to broadcast over slots and head_dim of the cache.
+  c = coefficients(mapper, lengths_BxN).reshape(4, B * N, mapper.num_layers, -1)
+  c = c.transpose(0, 2, 1, 3)[:, :, :, None, :, None]
+  k, v = calibrate(branches.k, branches.v, branches.valid[None], c)
   return branches.replace(k=k, v=v)
+
+
+def calibrate(k, v, valid, coefs):
+  """K' = a_k K + b_k, V' = a_v V + b_v (float32) on valid slots; `coefs` = (a_k, b_k, a_v,
+  b_v) and `valid` broadcast against k/v `[..., S, K, E]` (valid without K, E)."""
+  a_k, b_k, a_v, b_v = coefs
+  valid = valid[..., None, None]
+  k32, v32 = k.astype(jnp.float32), v.astype(jnp.float32)
+  return (jnp.where(valid, a_k * k32 + b_k, k32).astype(k.dtype),
+          jnp.where(valid, a_v * v32 + b_v, v32).astype(v.dtype))

@@ -28,12 +28,17 @@ def reposition(cache: KVCache, new_start_B: jax.Array, inv_freq: jax.Array) -> K
   Keys are re-rotated by the per-row delta (float32, values untouched); positions shift by
   the same delta, so relative order inside a row is kept. Invalid slots are left alone.
   """
-  first = jnp.min(jnp.where(cache.valid, cache.positions, jnp.iinfo(jnp.int32).max), axis=1)
-  delta_B = jnp.asarray(new_start_B, jnp.int32) - first
-  delta_BxS = jnp.where(cache.valid, delta_B[:, None], 0)
+  delta_BxS = position_delta(cache, new_start_B)
   # One rotation table [B, S, E] serves every layer (broadcast, not recomputed per layer).
   return cache.replace(k=rerotate(cache.k, delta_BxS[None], inv_freq),
                        positions=cache.positions + delta_BxS)
+
+
+def position_delta(cache: KVCache, new_start_B: jax.Array) -> jax.Array:
+  """`[B, S]` int32: how far each valid slot moves so its row starts at `new_start_B[b]`."""
+  first = jnp.min(jnp.where(cache.valid, cache.positions, jnp.iinfo(jnp.int32).max), axis=1)
+  delta_B = jnp.asarray(new_start_B, jnp.int32) - first
+  return jnp.where(cache.valid, delta_B[:, None], 0)
 
 
 def tile_rows(cache: KVCache, n: int) -> KVCache:

@@ -88,7 +88,8 @@ def branches_from_texts(loaded: Loaded, task: Task, item: Item, texts) -> Branch
 def single_messages(task: Task, item: Item) -> list[dict]:
   docs = f"Documents:\n{item.context}\n\n" if item.context else ""
   return [{"role": "system", "content": task.system},
-          {"role": "user", "content": f"Question: {item.question}\n\n{docs}Answer the question."}]
+          {"role": "user", "content": f"Question: {item.question}\n\n{docs}Answer the question."
+                                      + (f" {task.answer_format}" if task.answer_format else "")}]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +116,11 @@ def reply(loaded: Loaded, task: Task, item: Item, method: str, branches: Branche
   if method == "psynth" and adapter is None:
     raise ValueError("method 'psynth' needs a trained adapter; got none")
   r = warm(lambda: synthesize(loaded, item.question, method=SYNTHESIS[method], prepared=branches,
-                              system=task.system, sampling=sampling, mode=mode, adapter=adapter))
-  prompt = (prompts.synth_text(item.question, r.branch_texts, task.system) if method == "text"
-            else prompts.synth_cache(item.question, task.system))
+                              system=task.system, answer_format=task.answer_format,
+                              sampling=sampling, mode=mode, adapter=adapter))
+  prompt = (prompts.synth_text(item.question, r.branch_texts, task.system, task.answer_format)
+            if method == "text" else
+            prompts.synth_cache(item.question, task.system, task.answer_format))
   # The pipeline returns text: its token count is that of the re-encoded reply.
   return Reply(r.answer, r.ttft_s, r.total_s, len(chat.encode(tok, prompt)),
                len(tok(r.answer, add_special_tokens=False)["input_ids"]))

@@ -1,5 +1,5 @@
 """Readers for the benchmark files `psynth.data.sources` does not cover: MATH-500, AIME 2024,
-MMLU-STEM, GPQA-Diamond (from its password zip, in memory), HumanEval, MBPP and MBPP+.
+MMLU-STEM, PIQA, GPQA-Diamond (from its password zip, in memory), HumanEval, MBPP and MBPP+.
 
 Plain json/csv parsing rather than the `datasets` json builder: MBPP+'s test inputs mix types
 across records, which Arrow cannot type, and GPQA must never reach the disk decrypted (the
@@ -70,6 +70,19 @@ def read_aime24(root=None) -> list[dict]:
 
 def read_mmlu_stem(root=None) -> list[dict]:
   return _read(root, "mmlu_stem/test.jsonl", ("question", "choices", "answer"))
+
+
+def read_piqa(root=None) -> list[dict]:
+  """PIQA validation: goal, sol1, sol2 and its `label` (0 or 1) from the aligned labels file."""
+  recs = _read(root, "piqa/valid.jsonl", ("goal", "sol1", "sol2"))
+  path = data_dir(root) / "piqa/valid-labels.lst"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist; PIQA's labels come in a separate file")
+  labels = [l.strip() for l in path.read_text().splitlines() if l.strip()]
+  if len(labels) != len(recs) or set(labels) - {"0", "1"}:
+    raise ValueError(f"{path}: {len(labels)} labels (values {sorted(set(labels))}) for "
+                     f"{len(recs)} records; expected one 0 or 1 per record")
+  return [{**r, "label": int(l)} for r, l in zip(recs, labels)]
 
 
 def read_humaneval(root=None) -> list[dict]:

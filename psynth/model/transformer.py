@@ -318,8 +318,8 @@ def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lo
 
 
 def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-            *, last_only: bool = False, attend_cache: bool = True,
-            lora: bool = False) -> tuple[jax.Array, KVCache]:
+            *, last_only: bool = False, attend_cache: bool = True, lora: bool = False,
+            cache_view=None, write: bool = True) -> tuple[jax.Array, KVCache]:
   """Runs `tokens` at absolute `positions` on top of `cache`; returns (logits, new cache).
 
   Serves prefill (T > 1) and decode (T == 1) alike; the tokens are written at slots
@@ -332,11 +332,16 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   `attend_cache=False`: skip scoring the cache, for a first prefill into an empty one.
   `lora`: switch the LoRA adapter on (the synthesizer); off, the model is the base model,
   bit for bit (the adapter's arrays are not even read).
+  `cache_view(layer, k, v) -> (k, v)`: applied to each layer's cache slots `[B, S, K, E]` as
+  attention reads them, e.g. re-encoding and mapping branch caches on the fly (a layer's
+  slice is small; the whole cache is never rewritten).
+  `write=False`: leave `cache` alone and return, instead of it, a cache holding only this
+  call's T tokens (slots [0, T)): a first token needs no merged cache to exist yet.
   Logits are float32.
   """
   cfg = model.config
   B, T = tokens_BxT.shape
-  if not isinstance(cache.end, jax.core.Tracer) and int(cache.end) + T > cache.slots:
+  if write and not isinstance(cache.end, jax.core.Tracer) and int(cache.end) + T > cache.slots:
     raise ValueError(f"cache has {cache.slots} slots; {int(cache.end)} are used and "
                      f"{T} more do not fit")
   positions_BxT = jnp.asarray(positions_BxT, jnp.int32)
@@ -346,9 +351,6 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   inv_freq, scale = rope_lib.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   cos, sin = rotary.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
 
-  end = cache.end
-  zero = jnp.zeros((), jnp.int32)
-
   new_k, new_v = [], []
   for layer, blk in enumerate(model.layers):
     layer_cache = None
@@ -357,18 +359,18 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
       # layers' cache copies (re-laid out for the matmuls) to the start, all live at once
       # (100 MB for a 2k-slot cache, whose fresh pages cost more than the copying).
       take = lambda a: jax.lax.dynamic_index_in_dim(a, layer + _zero_after(x), keepdims=False)
-      layer_cache = (take(cache.k), take(cache.v), cache.positions, cache.valid)
+      k_l, v_l = take(cache.k), take(cache.v)
+      if cache_view is not None:
+        k_l, v_l = cache_view(layer, k_l, v_l)
+      layer_cache = (k_l, v_l, cache.positions, cache.valid)
     x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache, lora)
     new_k.append(k)
     new_v.append(v)
-  # One write of every layer's new K/V, in place. Its index depends on the last layer's x,
-  # hence on every layer's cache reads: with a plain index, XLA could not prove the reads
-  # come first and copied the whole cache before writing (each decode step, donated or not).
-  at = (zero, zero, end + _zero_after(x), zero, zero)
-  k_all = jax.lax.dynamic_update_slice(cache.k, jnp.stack(new_k), at)
-  v_all = jax.lax.dynamic_update_slice(cache.v, jnp.stack(new_v), at)
-  slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions_BxT, (zero, end))
-  slot_valid = jax.lax.dynamic_update_slice(cache.valid, positions_BxT >= 0, (zero, end))
+  if write:
+    new_cache = _write(cache, jnp.stack(new_k), jnp.stack(new_v), positions_BxT, x)
+  else:
+    new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=positions_BxT,
+                        valid=positions_BxT >= 0, end=jnp.int32(T), logical_axes=cache.logical_axes)
 
   if last_only:
     last = jnp.argmax(positions_BxT, axis=1)  # [B]
@@ -380,5 +382,20 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   else:
     logits = jnp.einsum("btd,dv->btv", x, model.lm_head[...].astype(dtype),
                         preferred_element_type=jnp.float32)
-  new_cache = cache.replace(k=k_all, v=v_all, positions=slot_pos, valid=slot_valid, end=end + T)
   return constrain(logits, ("batch", "seq", "vocab")), new_cache
+
+
+def _write(cache: KVCache, k_LxBxTxKxE, v_LxBxTxKxE, positions_BxT, x) -> KVCache:
+  """`cache` with this call's K/V written at slots [end, end + T); x: the last layer's output."""
+  zero, end = jnp.zeros((), jnp.int32), cache.end
+  # One write of every layer's new K/V, in place. Its index depends on the last layer's x,
+  # hence on every layer's cache reads: with a plain index, XLA could not prove the reads
+  # come first and copied the whole cache before writing (each decode step, donated or not).
+  at = (zero, zero, end + _zero_after(x), zero, zero)
+  T = positions_BxT.shape[1]
+  return cache.replace(
+      k=jax.lax.dynamic_update_slice(cache.k, k_LxBxTxKxE, at),
+      v=jax.lax.dynamic_update_slice(cache.v, v_LxBxTxKxE, at),
+      positions=jax.lax.dynamic_update_slice(cache.positions, positions_BxT, (zero, end)),
+      valid=jax.lax.dynamic_update_slice(cache.valid, positions_BxT >= 0, (zero, end)),
+      end=end + T)

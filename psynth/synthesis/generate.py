@@ -142,10 +142,13 @@ class Engine:
     return self.decode_from(np.asarray(tok), cache, next_pos, sampling, eos_ids, t0=t0,
                             key=key, lora=lora, keep_cache=keep_cache)
 
-  def decode_from(self, first: np.ndarray, cache: KVCache, next_pos, sampling: SamplingConfig,
+  def decode_from(self, first: np.ndarray, cache, next_pos, sampling: SamplingConfig,
                   eos_ids: Sequence[int] = (), *, t0: float, key=None, lora: bool = False,
                   keep_cache: bool = False) -> Generation:
-    """Decodes after a prefill that produced `first` (on the host: the time to first token)."""
+    """Decodes after a prefill that produced `first` (on the host: the time to first token).
+
+    `cache`: a KVCache, or a function building it, called once the first token is out (and
+    only if a second one is needed)."""
     ttft = time.perf_counter() - t0
     greedy = sampling.temperature == 0
     temp, top_p = _knobs(sampling)
@@ -169,6 +172,8 @@ class Engine:
       # Finished rows keep stepping as padding (position -1): the batch shape never changes.
       pos = np.where(done, -1, next_pos + step).astype(np.int32)[:, None]
       key, sub = jax.random.split(key)
+      if callable(cache):
+        cache = cache()
       tok, cache = self._decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub, temp,
                                 top_p, greedy, lora)
       tok = np.asarray(tok)

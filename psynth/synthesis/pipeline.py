@@ -54,7 +54,7 @@ def fan_out(loaded: Loaded, question: str, branches: Sequence[str] | None = None
 def synthesize(loaded: Loaded, question: str, branches: Sequence[str] | None = None, *,
                outputs: Sequence[str] | None = None, method: str = "cache",
                adapter: Adapter | None = None, mode: str = "shared_start",
-               system: str = prompts.DEFAULT_SYSTEM,
+               system: str = prompts.DEFAULT_SYSTEM, answer_format: str | None = None,
                worker_sampling: SamplingConfig = SamplingConfig(max_new_tokens=96),
                sampling: SamplingConfig = SamplingConfig(max_new_tokens=96),
                prepared: Branches | None = None) -> SynthesisResult:
@@ -62,7 +62,8 @@ def synthesize(loaded: Loaded, question: str, branches: Sequence[str] | None = N
 
   method: "cache" (re-encode + mapper + merge + LoRA-on prefill; with no adapter that is the
   naive path), "naive" (re-encoding only, adapter ignored) or "text" (branch texts pasted
-  into the prompt, base model, shared prefix reused).
+  into the prompt, base model, shared prefix reused). `answer_format` (e.g. "Answer with the
+  letter of the correct option.") replaces the default "in one or two sentences".
   """
   if method not in METHODS:
     raise ValueError(f"method {method!r} unknown; choose from {METHODS}")
@@ -71,9 +72,9 @@ def synthesize(loaded: Loaded, question: str, branches: Sequence[str] | None = N
                            sampling=worker_sampling)
   texts = [tok.decode(t, skip_special_tokens=True) for t in br.tokens]
   if method == "text":
-    ids = chat.encode(tok, prompts.synth_text(question, texts, system))
+    ids = chat.encode(tok, prompts.synth_text(question, texts, system, answer_format))
   else:
-    ids = chat.encode(tok, prompts.synth_cache(question, system))
+    ids = chat.encode(tok, prompts.synth_cache(question, system, answer_format))
   s = synthesize_from_branches(loaded.engine, br, method, ids, sampling, loaded.eos_ids,
                                mode=mode, adapter=adapter)
   return SynthesisResult(tok.decode(s.answer_ids, skip_special_tokens=True), texts, method,

@@ -11,10 +11,21 @@ from typing import Sequence
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer accurately and concisely."
 WORKER_INSTRUCTION = ("Read the document below. Write down, in two or three sentences, what it "
                       "says that helps answer the question.")
-SYNTH_CACHE_INSTRUCTION = ("Several assistants have read the documents for you; their notes are "
-                           "in your memory. Using their notes, answer the question in one or two "
-                           "sentences.")
-SYNTH_TEXT_INSTRUCTION = "Using their notes, answer the question in one or two sentences."
+SYNTH_CACHE_LEAD = ("Several assistants have read the documents for you; their notes are in "
+                    "your memory. ")
+# The default reply is free text. A task whose answer has a form (a letter, a number, a short
+# phrase) passes `answer_format`: "in one or two sentences" would override the form its
+# question asks for, and a 135M model follows the last instruction it reads.
+ANSWER_SENTENCES = "Using their notes, answer the question in one or two sentences."
+SYNTH_CACHE_INSTRUCTION = SYNTH_CACHE_LEAD + ANSWER_SENTENCES
+SYNTH_TEXT_INSTRUCTION = ANSWER_SENTENCES
+
+
+def answer_instruction(answer_format: str | None = None) -> str:
+  """The synthesizer's last sentence(s): free text by default, else the task's answer form."""
+  if answer_format is None:
+    return ANSWER_SENTENCES
+  return f"Using their notes, answer the question. {answer_format}"
 
 
 def _question(question: str) -> str:
@@ -27,17 +38,21 @@ def worker(question: str, branch_input: str, system: str = DEFAULT_SYSTEM) -> li
                                       f"Document:\n{branch_input}"}]
 
 
-def synth_cache(question: str, system: str = DEFAULT_SYSTEM) -> list[dict]:
+def synth_cache(question: str, system: str = DEFAULT_SYSTEM,
+                answer_format: str | None = None) -> list[dict]:
   """No worker text: the synthesizer reads the branches from its cache."""
   return [{"role": "system", "content": system},
-          {"role": "user", "content": f"{_question(question)}{SYNTH_CACHE_INSTRUCTION}"}]
+          {"role": "user", "content": f"{_question(question)}{SYNTH_CACHE_LEAD}"
+                                      f"{answer_instruction(answer_format)}"}]
 
 
-def synth_text(question: str, branch_texts: Sequence[str], system: str = DEFAULT_SYSTEM) -> list[dict]:
+def synth_text(question: str, branch_texts: Sequence[str], system: str = DEFAULT_SYSTEM,
+               answer_format: str | None = None) -> list[dict]:
   notes = "\n\n".join(f"Notes of assistant {i + 1}:\n{t}" for i, t in enumerate(branch_texts))
   return [{"role": "system", "content": system},
           {"role": "user", "content": f"{_question(question)}Several assistants read the "
-                                      f"documents for you.\n\n{notes}\n\n{SYNTH_TEXT_INSTRUCTION}"}]
+                                      f"documents for you.\n\n{notes}\n\n"
+                                      f"{answer_instruction(answer_format)}"}]
 
 
 def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:

@@ -3,7 +3,8 @@
 `cache_prefill` is the whole cache path up to the first token as one jitted pure function:
 re-encode every branch's positions, calibrate with the mapper, merge the branches into one
 cache row, and prefill the synthesizer prompt after the merged span (LoRA on when an adapter
-is given). The text path pastes the branch texts into the prompt and prefills it on the
+is given). The first two happen lazily, per layer, as the prefill reads the branches
+(`cache.lazy`); the merged cache decoding needs is written once the first token is out. The text path pastes the branch texts into the prompt and prefills it on the
 base model, reusing the workers' shared prefix cache.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from psynth.cache import lazy
 from psynth.cache import mapper as mapper_lib
 from psynth.cache import ops
 from psynth.cache.kv_cache import KVCache
@@ -57,27 +59,45 @@ def branch_starts(lengths_xN, mode: str, prefix_len: int = 0):
   raise ValueError(f"position mode {mode!r} unknown; choose from {MODES}")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "extra_slots", "lora"))
-def _cache_prefill(graphdef, state, mapper_graphdef, mapper_state, branches: KVCache, lengths_N,
-                   starts_N, prefix: KVCache | None, tokens, positions, *, extra_slots: int,
-                   lora: bool):
+@functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora"))
+def _first_logits(graphdef, state, mapper_graphdef, mapper_state, branches: KVCache, lengths_N,
+                  starts_N, prefix: KVCache | None, tokens, positions, *, lora: bool):
+  """Synthesizer prefill on the branches re-encoded, mapped and merged lazily, layer by layer
+  (`cache.lazy`): (last logits [1, V], the prompt's own K/V as a T-slot cache)."""
   model: Transformer = nnx.merge(graphdef, state)
   inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
+  coefs = None
+  if mapper_graphdef is not None:
+    coefs = mapper_lib.coefficients(nnx.merge(mapper_graphdef, mapper_state), lengths_N[None])
+  merged, view = lazy.merged_view(branches, starts_N, jnp.asarray(inv_freq), coefs, prefix)
+  logits, own = forward(model, tokens, positions, merged, last_only=True, lora=lora,
+                        cache_view=view, write=False)
+  return logits[:, 0], own
+
+
+@functools.partial(jax.jit, static_argnames=("rope_cfg", "head_dim", "mapper_graphdef",
+                                             "extra_slots"))
+def _decode_cache(rope_cfg, head_dim, mapper_graphdef, mapper_state, branches: KVCache,
+                  lengths_N, starts_N, prefix: KVCache | None, own: KVCache, *,
+                  extra_slots: int) -> KVCache:
+  """The merged cache decoding continues from: re-encoded, mapped branches (after the prefix),
+  then the prompt's K/V, then `extra_slots` empty slots; its `end` is after the prompt."""
+  inv_freq, _ = rope.inv_freq_and_scale(rope_cfg, head_dim)
   moved = ops.reposition(branches, starts_N, jnp.asarray(inv_freq))
   if mapper_graphdef is not None:
     moved = mapper_lib.apply(nnx.merge(mapper_graphdef, mapper_state), moved, lengths_N[None])
   merged = ops.merge_rows(moved, branches.batch)
   if prefix is not None:  # after_prefix: the real shared prefix sits before the branches
     merged = ops.concat_slots(prefix, merged)
-  merged = ops.extend(merged, extra_slots)
-  logits, cache = forward(model, tokens, positions, merged, last_only=True, lora=lora)
-  return logits[:, 0], cache
+  return ops.extend(ops.concat_slots(merged, own), extra_slots)
 
 
 def cache_prefill(engine: Engine, branches: Branches, synth_ids: Sequence[int], *,
                   mode: str = "shared_start", adapter: Adapter | None = None,
-                  max_new_tokens: int = 1) -> tuple[jax.Array, KVCache, int]:
-  """The cache path up to the first token: (last logits [1, V], cache, next position)."""
+                  max_new_tokens: int = 1) -> tuple[jax.Array, Callable[[], KVCache], int]:
+  """The cache path up to the first token: (last logits [1, V], a function building the
+  cache to decode from, next position). Call that function after reading the first token:
+  the merged cache is not needed before (`cache.lazy`)."""
   adapter = adapter or Adapter()
   lengths = branches.lengths
   prefix, prefix_len, prompt = None, 0, list(synth_ids)
@@ -97,11 +117,14 @@ def cache_prefill(engine: Engine, branches: Branches, synth_ids: Sequence[int], 
   Tb = bucket(len(prompt))
   tokens, positions = right_pad([prompt], Tb, start=synth_start)
   m_graphdef, m_state = (nnx.split(adapter.mapper) if adapter.mapper is not None else (None, None))
-  logits, cache = _cache_prefill(
-      engine.graphdef, engine.state, m_graphdef, m_state, branches.cache, jnp.asarray(lengths),
-      jnp.asarray(starts, jnp.int32), prefix, tokens, positions,
-      extra_slots=Tb + bucket(max_new_tokens), lora=adapter.lora)
-  return logits, cache, synth_start + len(prompt)
+  lengths_N, starts_N = jnp.asarray(lengths), jnp.asarray(starts, jnp.int32)
+  logits, own = _first_logits(engine.graphdef, engine.state, m_graphdef, m_state, branches.cache,
+                              lengths_N, starts_N, prefix, tokens, positions, lora=adapter.lora)
+  cfg = engine.config
+  decode_cache = lambda: _decode_cache(
+      cfg.rope, cfg.head_dim, m_graphdef, m_state, branches.cache, lengths_N, starts_N, prefix,
+      own, extra_slots=bucket(max_new_tokens))
+  return logits, decode_cache, synth_start + len(prompt)
 
 
 def text_prefill_parts(branches: Branches, text_ids: Sequence[int]):
@@ -139,11 +162,12 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
                                t0=t0, attend_cache=n > 0)
     return Synthesis(gen.tokens[0], gen.ttft_s, gen.total_s)
   adapter = adapter if method == "cache" else None
-  logits, cache, next_pos = cache_prefill(engine, branches, prompt_ids, mode=mode,
-                                          adapter=adapter, max_new_tokens=sampling.max_new_tokens)
+  logits, decode_cache, next_pos = cache_prefill(
+      engine, branches, prompt_ids, mode=mode, adapter=adapter,
+      max_new_tokens=sampling.max_new_tokens)
   first = np.asarray(jnp.argmax(logits, -1)) if sampling.temperature == 0 else _sample_first(
       logits, sampling)
-  gen = engine.decode_from(first, cache, [next_pos], sampling, eos_ids, t0=t0,
+  gen = engine.decode_from(first, decode_cache, [next_pos], sampling, eos_ids, t0=t0,
                            lora=bool(adapter and adapter.lora))
   return Synthesis(gen.tokens[0], gen.ttft_s, gen.total_s)
 

@@ -59,6 +59,9 @@ class Task:
   build: Callable[[BuildOptions], list[Item]]
   score: Callable[[str, Item], Score]
   system: str = DEFAULT_SYSTEM
+  # The answer form the question ends with ("Answer with the letter ..."), repeated as the
+  # synthesizer's last instruction; None: free text ("in one or two sentences").
+  answer_format: str | None = None
 
   def __post_init__(self):
     if self.branching not in BRANCHINGS:

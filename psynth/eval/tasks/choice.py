@@ -2,8 +2,9 @@
 lettered A, B, C, ... in the prompt; the reply's letter (or an option's text) is scored.
 
 ARC is a "chunk" task: each option's retrieved passage (the with_ir_paragraphs files) goes to
-one worker, the options split over the workers. MMLU-STEM and GPQA are "sample" tasks. GPQA's
-options are shuffled with a seed per record (the correct one is listed first in the file).
+one worker, the options split over the workers. PIQA (validation: two solutions to a goal),
+MMLU-STEM and GPQA are "sample" tasks. GPQA's options are shuffled with a seed per record (the
+correct one is listed first in the file).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def mmlu_stem(opts: BuildOptions) -> list[Item]:
           for i, r in enumerate(readers.read_mmlu_stem(opts.root))]
 
 
+def piqa(opts: BuildOptions) -> list[Item]:
+  """PIQA validation: which of two solutions reaches the goal (ids are line numbers)."""
+  return [Item(f"piqa-{i}", choice_question(f"Goal: {r['goal']}\nWhich solution works?",
+                                            [r["sol1"], r["sol2"]]),
+               work_orders(opts.num_branches), _gold([r["sol1"], r["sol2"]], r["label"]))
+          for i, r in enumerate(readers.read_piqa(opts.root))]
+
+
 def gpqa_diamond(opts: BuildOptions) -> list[Item]:
   items = []
   for r in readers.read_gpqa_diamond(opts.root):
@@ -75,7 +84,8 @@ def gpqa_diamond(opts: BuildOptions) -> list[Item]:
   return items
 
 
-TASKS = (Task("arc_easy", "chunk", _arc("easy"), score_choice),
-         Task("arc_challenge", "chunk", _arc("challenge"), score_choice),
-         Task("mmlu_stem", "sample", mmlu_stem, score_choice),
-         Task("gpqa_diamond", "sample", gpqa_diamond, score_choice))
+TASKS = (Task("arc_easy", "chunk", _arc("easy"), score_choice, answer_format=PICK),
+         Task("arc_challenge", "chunk", _arc("challenge"), score_choice, answer_format=PICK),
+         Task("piqa", "sample", piqa, score_choice, answer_format=PICK),
+         Task("mmlu_stem", "sample", mmlu_stem, score_choice, answer_format=PICK),
+         Task("gpqa_diamond", "sample", gpqa_diamond, score_choice, answer_format=PICK))

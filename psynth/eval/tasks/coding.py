@@ -49,6 +49,6 @@ def mbpp_plus(opts: BuildOptions) -> list[Item]:
           for r in readers.read_mbpp("plus", opts.root)]
 
 
-TASKS = (Task("humaneval", "sample", humaneval, score_humaneval),
-         Task("mbpp", "sample", mbpp, score_mbpp),
-         Task("mbpp_plus", "sample", mbpp_plus, score_mbpp))
+TASKS = (Task("humaneval", "sample", humaneval, score_humaneval, answer_format=REPLY),
+         Task("mbpp", "sample", mbpp, score_mbpp, answer_format=REPLY),
+         Task("mbpp_plus", "sample", mbpp_plus, score_mbpp, answer_format=REPLY))

@@ -11,6 +11,8 @@ from psynth.data.sources import read_dbot
 from psynth.eval import answers
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task
 
+ROOT_CAUSE = "Answer with the root cause only."
+
 
 def score_dbot(reply: str, item: Item) -> Score:
   """gold: {"answer": the label set as one option, "options": every option}."""
@@ -24,10 +26,10 @@ def dbot(opts: BuildOptions) -> list[Item]:
   items = []
   for case in cases:
     ex = real_tasks.dbot_context(case, options, opts.num_branches, opts.max_branch_words)
-    items.append(Item(case.id, f"{ex.question} Answer with the root cause only.",
+    items.append(Item(case.id, f"{ex.question} {ROOT_CAUSE}",
                       tuple(ex.branch_inputs), {"answer": ex.target, "options": options},
                       "\n\n".join(ex.branch_inputs)))
   return items
 
 
-TASKS = (Task("dbot", "chunk", dbot, score_dbot),)
+TASKS = (Task("dbot", "chunk", dbot, score_dbot, answer_format=ROOT_CAUSE),)

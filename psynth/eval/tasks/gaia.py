@@ -103,4 +103,4 @@ def score_gaia(reply: str, item: Item) -> Score:
   return Score(got, gaia_match(got, item.gold))
 
 
-TASKS = (Task("gaia", "sample", gaia, score_gaia),)
+TASKS = (Task("gaia", "sample", gaia, score_gaia, answer_format=REPLY),)

@@ -35,5 +35,6 @@ def aime24(opts: BuildOptions) -> list[Item]:
           for r in readers.read_aime24(opts.root)]
 
 
-TASKS = (Task("gsm8k", "sample", gsm8k, score_math), Task("math500", "sample", math500, score_math),
-         Task("aime24", "sample", aime24, score_math))
+TASKS = (Task("gsm8k", "sample", gsm8k, score_math, answer_format=LAST_NUMBER),
+         Task("math500", "sample", math500, score_math, answer_format=BOXED),
+         Task("aime24", "sample", aime24, score_math, answer_format=BOXED))

@@ -43,5 +43,5 @@ def musique(opts: BuildOptions) -> list[Item]:
   return [_item(q, "musique", opts) for q in read_musique(opts.root)]
 
 
-TASKS = (Task("hotpotqa", "chunk", hotpotqa, score_open),
-         Task("musique", "chunk", musique, score_open))
+TASKS = (Task("hotpotqa", "chunk", hotpotqa, score_open, answer_format=SHORT),
+         Task("musique", "chunk", musique, score_open, answer_format=SHORT))
