@@ -63,6 +63,7 @@ EXPECTED = {
     "hotpotqa": (100, "5a77ec115542992a6e59dff7", ["a spirit"]),
     "musique": (100, "2hop__150763_14904", ["G. Stanley Hall", "Stanley Hall"]),
     "dbot": (62, "3", "highly deletes"),
+    "piqa": (1838, "piqa-0", "A"),
 }
 
 
@@ -82,6 +83,27 @@ def test_task_reads_official_files(name, items):
     assert got[0].context == "\n\n".join(got[0].branches) and len(set(got[0].branches)) == 3
   else:
     assert got[0].context == "" and len(set(got[0].branches)) == 1
+
+
+def test_piqa_labels_come_from_the_aligned_labels_file(items):
+  golds = [it.gold["answer"] for it in items["piqa"]]
+  assert {g: golds.count(g) for g in "AB"} == {"A": 910, "B": 928}
+  second = items["piqa"][1]
+  assert second.question.startswith("Goal: dresser Which solution works?\nA. replace drawer")
+  assert second.gold["answer"] == "B"
+
+
+def test_synthesizer_asks_for_the_task_answer_format():
+  """A task with an answer form ends the synthesizer prompts with it, not with the default
+  "in one or two sentences" (which a small model follows over the question's own form)."""
+  from psynth.synthesis import prompts
+  for name, task in TASKS.items():
+    assert task.answer_format, name  # every task here has a form
+    for msgs in (prompts.synth_cache("Q?", task.system, task.answer_format),
+                 prompts.synth_text("Q?", ["note"], task.system, task.answer_format)):
+      assert msgs[-1]["content"].endswith(f"answer the question. {task.answer_format}")
+      assert "one or two sentences" not in msgs[-1]["content"]
+  assert prompts.synth_cache("Q?")[-1]["content"].endswith(prompts.SYNTH_CACHE_INSTRUCTION)
 
 
 def test_gpqa_options_are_shuffled_per_record(items):
@@ -111,6 +133,7 @@ GOLD_REPLIES = {
     "hotpotqa": "The answer is: a spirit.",
     "musique": "Stanley Hall",
     "dbot": "The root cause is highly deletes.",
+    "piqa": "A. Provide the guinea pig with a cage full of bedding.",
 }
 
 
