@@ -81,8 +81,12 @@ def worker_texts(loaded: Loaded, task: Task, item: Item, sampling: SamplingConfi
           "worker_tokens": [len(t) for t in gen.tokens], "worker_s": time.perf_counter() - t0}
 
 
-def branches_from_texts(loaded: Loaded, task: Task, item: Item, texts) -> Branches:
-  return fan_out(loaded, item.question, item.branches, outputs=texts, system=task.system)
+def branches_from_texts(loaded: Loaded, task: Task, item: Item, texts,
+                        min_slots: int = 0) -> Branches:
+  """The saved worker texts encoded as branch caches of at least `min_slots` slots each (the
+  workers' budget: every item's caches then share a few compiled shapes)."""
+  return fan_out(loaded, item.question, item.branches, outputs=texts, system=task.system,
+                 min_branch_slots=min_slots)
 
 
 def single_messages(task: Task, item: Item) -> list[dict]:

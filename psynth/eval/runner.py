@@ -169,7 +169,8 @@ def _run_task(loaded, task: Task, items, methods, s: EvalSettings, out: Path, sh
           saved[item.id] = {"id": item.id, "index": index,
                             **methods_lib.worker_texts(loaded, task, item, sampling)}
           records.append(bfile, saved[item.id])
-        branches = methods_lib.branches_from_texts(loaded, task, item, saved[item.id]["texts"])
+        branches = methods_lib.branches_from_texts(loaded, task, item, saved[item.id]["texts"],
+                                                   s.worker_max_new_tokens)
         branch_tokens = int(branches.lengths.sum())
       for m in pending:
         r = methods_lib.reply(loaded, task, item, m, branches, answer, mode=s.mode, adapter=adapter)

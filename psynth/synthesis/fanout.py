@@ -75,8 +75,12 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
 
 
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
-                    outputs: Sequence[Sequence[int]]) -> Branches:
-  """Branch caches for finished outputs, as if worker i had generated outputs[i] after prompts[i]."""
+                    outputs: Sequence[Sequence[int]], min_slots: int = 0) -> Branches:
+  """Branch caches for finished outputs, as if worker i had generated outputs[i] after prompts[i].
+
+  `min_slots`: give every branch at least this many cache slots (the rest invalid), so that
+  outputs of varying lengths share one compiled shape downstream (an evaluation passes the
+  workers' token budget)."""
   if not outputs:
     raise ValueError("need at least one branch; got zero")
   if len(prompts) != len(outputs):
@@ -87,7 +91,7 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   t0 = time.perf_counter()
   lens = np.array([len(p) for p in prompts], np.int32)
   engine.check_fits(int(max(len(p) + len(o) for p, o in zip(prompts, outputs))), 1)
-  Gb = bucket(max(len(o) for o in outputs))
+  Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, Gb)
   _, cache = engine.first_token_logits(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
   _, cache = engine.first_token_logits(cache, *right_pad(outputs, Gb, start=lens))

@@ -32,8 +32,10 @@ class SynthesisResult:
 
 def fan_out(loaded: Loaded, question: str, branches: Sequence[str] | None = None, *,
             outputs: Sequence[str] | None = None, system: str = prompts.DEFAULT_SYSTEM,
-            sampling: SamplingConfig = SamplingConfig(max_new_tokens=96)) -> Branches:
-  """Runs the workers on `branches`, or encodes finished `outputs`; returns the branches."""
+            sampling: SamplingConfig = SamplingConfig(max_new_tokens=96),
+            min_branch_slots: int = 0) -> Branches:
+  """Runs the workers on `branches`, or encodes finished `outputs` (each in at least
+  `min_branch_slots` cache slots: `encode_branches`); returns the branches."""
   tok = loaded.tokenizer
   if outputs is not None:
     inputs = list(branches) if branches is not None else [""] * len(outputs)
@@ -41,7 +43,7 @@ def fan_out(loaded: Loaded, question: str, branches: Sequence[str] | None = None
       raise ValueError(f"{len(inputs)} branch inputs but {len(outputs)} outputs")
     worker_ids = [chat.encode(tok, prompts.worker(question, b, system)) for b in inputs]
     out_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in outputs]
-    return encode_branches(loaded.engine, worker_ids, out_ids)
+    return encode_branches(loaded.engine, worker_ids, out_ids, min_branch_slots)
   if not branches:
     raise ValueError("need at least one branch; got zero (pass branch inputs or outputs)")
   for i, b in enumerate(branches):
