@@ -37,8 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
       cache_branches=True))
   # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
   # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
+  # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the
+  # adapter's training file when evaluating method psynth; "" keeps every example).
   c.eval = ml_collections.ConfigDict(dict(
-      num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=120))
+      num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=120,
+      held_out_from=""))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Several processes: a coordinator "host:port" with their count and this one's id, or

@@ -106,6 +106,23 @@ def test_synthesizer_asks_for_the_task_answer_format():
   assert prompts.synth_cache("Q?")[-1]["content"].endswith(prompts.SYNTH_CACHE_INSTRUCTION)
 
 
+def test_held_out_from_leaves_out_the_adapters_training_questions(items, tmp_path):
+  """An adapter trained on HotpotQA train-sample questions is not scored on them."""
+  from psynth.data.example import Example
+  from psynth.eval import runner
+  first, third = items["hotpotqa"][0], items["hotpotqa"][2]
+  train = tmp_path / "train.jsonl"
+  train.write_text("".join(
+      Example(f"hotpotqa/{it.id}/context", "context", "hotpotqa", it.question, ["doc"], "x",
+              meta={"group": f"hotpotqa/{it.id}"}).to_json() + "\n" for it in (first, third)))
+  trained = runner.trained_groups(train)
+  assert trained == {f"hotpotqa/{first.id}", f"hotpotqa/{third.id}"}
+  kept = runner.held_out(TASKS["hotpotqa"], items["hotpotqa"], trained)
+  assert [it.id for it in kept[:2]] == [items["hotpotqa"][1].id, items["hotpotqa"][3].id]
+  assert len(kept) == len(items["hotpotqa"]) - 2
+  assert runner.held_out(TASKS["musique"], items["musique"], trained) == items["musique"]
+
+
 def test_gpqa_options_are_shuffled_per_record(items):
   golds = [it.gold["answer"] for it in items["gpqa_diamond"]]
   assert {g: golds.count(g) for g in "ABCD"} == {"A": 42, "B": 48, "C": 61, "D": 47}

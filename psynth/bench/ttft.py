@@ -8,7 +8,8 @@ For N branches of L tokens each (the same branches and prompts for every contend
                    by layer: `psynth.cache.lazy`)
   merged_cache_s   what the cache path does after its first token, before the second: write
                    the merged cache decoding reads (not part of TTFT; reported apart)
-  floor_s          psynth's synthesizer-prompt prefill against an already merged cache
+  floor_s          psynth's synthesizer-prompt prefill against an already merged cache (read
+                   only: its own K/V are not written back into it)
   hf_text_ttft_s   HF transformers (torch fp32, sdpa, batch 1): plain prefill of the text prompt
   hf_cache_ttft_s  HF: keys re-rotated with the model's rotary table, DynamicCache concatenated,
                    prompt prefilled with explicit position ids (`psynth.bench.hf_reference`)
@@ -45,7 +46,6 @@ from psynth.synthesis.synthesize import Adapter, cache_prefill, synthesize_from_
 
 log = logging.getLogger(__name__)
 QUESTION = "What do the documents say about the project's schedule?"
-MIN_ANSWER_SLOTS = 16
 
 
 @dataclasses.dataclass
@@ -76,14 +76,16 @@ def _floor_fn(engine: Engine, br, synth_ids, adapter: Adapter):
   moved = ops.reposition(br.cache, starts, jnp.asarray(inv_freq))
   moved = mapper_lib.apply(adapter.mapper, moved, jnp.asarray(br.lengths)[None])
   Tb = bucket(len(synth_ids))
-  merged = ops.extend(ops.merge_rows(moved, len(br.tokens)), Tb + MIN_ANSWER_SLOTS)
+  merged = ops.merge_rows(moved, len(br.tokens))
   tokens, positions = right_pad([synth_ids], Tb, start=int(br.lengths.max()))
   graphdef = engine.graphdef
 
   @jax.jit
   def prefill(state, cache):
+    # write=False: the prompt's K/V are returned, not written into `cache` (which, not
+    # donated, would be copied whole first: 100 MB at 4 x 512, no part of a prefill's work).
     logits, _ = forward(nnx.merge(graphdef, state), tokens, positions, cache, last_only=True,
-                        lora=True)
+                        lora=True, write=False)
     return jnp.argmax(logits[:, 0], -1)
 
   return lambda: prefill(engine.state, merged)

@@ -53,6 +53,9 @@ class EvalSettings:
   max_branch_words: int = 120  # one evidence chunk ("chunk" tasks)
   seed: int = 0
   data_dir: str = ""  # "" = $PSYNTH_DATA or ../shared/data
+  # A training file (`python -m psynth data`'s train.jsonl): its source questions are left out
+  # of every task, so a trained adapter is never scored on what it learned from.
+  held_out_from: str = ""
 
 
 def settings_from_config(cfg, **overrides) -> EvalSettings:
@@ -73,6 +76,18 @@ def settings_from_config(cfg, **overrides) -> EvalSettings:
   values.update({k: v for k, v in section("eval").items() if k in known})
   values.update(overrides)
   return EvalSettings(**values)
+
+
+def trained_groups(path: str | Path) -> set[str]:
+  """The source questions ("task/id", `meta["group"]`) of a training example file."""
+  from psynth.data.branches import load_examples
+  return {ex.meta["group"] for ex in load_examples(path, include_dropped=True)
+          if "group" in ex.meta}
+
+
+def held_out(task: Task, items, trained: set[str]) -> list:
+  """`items` without those whose source question is in `trained`."""
+  return [it for it in items if f"{task.name}/{it.id}" not in trained]
 
 
 def parse_methods(methods) -> list[str]:
@@ -202,10 +217,11 @@ def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | P
   check_run_file(out, s)
   opts = BuildOptions(data_dir(s.data_dir or None), s.num_branches, s.max_branch_words, s.seed,
                       gaia_dir)
+  trained = trained_groups(s.held_out_from) if s.held_out_from else set()
   built, skipped = {}, {}
   for task in task_list:
     try:
-      built[task.name] = task.build(opts)[:limit]
+      built[task.name] = held_out(task, task.build(opts), trained)[:limit]
     except TaskUnavailable as e:
       skipped[task.name] = str(e)
       log.warning("%s", e)
