@@ -103,7 +103,8 @@ def test_synthesizer_asks_for_the_task_answer_format():
                  prompts.synth_text("Q?", ["note"], task.system, task.answer_format)):
       assert msgs[-1]["content"].endswith(f"answer the question. {task.answer_format}")
       assert "one or two sentences" not in msgs[-1]["content"]
-  assert prompts.synth_cache("Q?")[-1]["content"].endswith(prompts.SYNTH_CACHE_INSTRUCTION)
+  assert prompts.synth_cache("Q?")[-1]["content"].endswith(
+      prompts.SYNTH_CACHE_LEAD + prompts.ANSWER_SENTENCES)
 
 
 def test_held_out_from_leaves_out_the_adapters_training_questions(items, tmp_path):

@@ -38,14 +38,15 @@ def merged_view(branches: KVCache, starts_N: jax.Array, inv_freq: jax.Array,
     merged = ops.concat_slots(prefix, merged)
 
   def view(layer: int, k_1xSxKxE, v_1xSxKxE):
-    head = lambda x: x[:, :P]
-    rows = lambda x: x[:, P:].reshape(N, S, K, E)
-    k, v = rotary.rotate(rows(k_1xSxKxE), cos, sin), rows(v_1xSxKxE)
+    k = rotary.rotate(k_1xSxKxE[:, P:].reshape(N, S, K, E), cos, sin)
+    v = v_1xSxKxE[:, P:].reshape(N, S, K, E)
     if coefs is not None:  # [4, 1, N, L, K] -> this layer's [4, N, 1, K, 1]
-      c = coefs[:, 0, :, layer][:, :, None, :, None]
-      k, v = mapper_lib.calibrate(k, v, branches.valid, c)
-    back = lambda h, x: jnp.concatenate([h, x.reshape(1, N * S, K, E)], axis=1) if P else \
-        x.reshape(1, N * S, K, E)
-    return back(head(k_1xSxKxE), k), back(head(v_1xSxKxE), v)
+      k, v = mapper_lib.calibrate(k, v, branches.valid, coefs[:, 0, :, layer][:, :, None, :, None])
+
+    def join(whole, rows):  # the prefix slots untouched, then the N branches as one row
+      rows = rows.reshape(1, N * S, K, E)
+      return jnp.concatenate([whole[:, :P], rows], axis=1) if P else rows
+
+    return join(k_1xSxKxE, k), join(v_1xSxKxE, v)
 
   return merged, view

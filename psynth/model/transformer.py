@@ -369,8 +369,8 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   if write:
     new_cache = _write(cache, jnp.stack(new_k), jnp.stack(new_v), positions_BxT, x)
   else:
-    new_cache = KVCache(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=positions_BxT,
-                        valid=positions_BxT >= 0, end=jnp.int32(T), logical_axes=cache.logical_axes)
+    new_cache = cache.replace(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=positions_BxT,
+                              valid=positions_BxT >= 0, end=jnp.int32(T))
 
   if last_only:
     last = jnp.argmax(positions_BxT, axis=1)  # [B]

@@ -17,8 +17,6 @@ SYNTH_CACHE_LEAD = ("Several assistants have read the documents for you; their n
 # phrase) passes `answer_format`: "in one or two sentences" would override the form its
 # question asks for, and a 135M model follows the last instruction it reads.
 ANSWER_SENTENCES = "Using their notes, answer the question in one or two sentences."
-SYNTH_CACHE_INSTRUCTION = SYNTH_CACHE_LEAD + ANSWER_SENTENCES
-SYNTH_TEXT_INSTRUCTION = ANSWER_SENTENCES
 
 
 def answer_instruction(answer_format: str | None = None) -> str:

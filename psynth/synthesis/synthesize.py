@@ -4,8 +4,9 @@
 re-encode every branch's positions, calibrate with the mapper, merge the branches into one
 cache row, and prefill the synthesizer prompt after the merged span (LoRA on when an adapter
 is given). The first two happen lazily, per layer, as the prefill reads the branches
-(`cache.lazy`); the merged cache decoding needs is written once the first token is out. The text path pastes the branch texts into the prompt and prefills it on the
-base model, reusing the workers' shared prefix cache.
+(`cache.lazy`); the merged cache decoding needs is written once the first token is out. The
+text path pastes the branch texts into the prompt and prefills it on the base model, reusing
+the workers' shared prefix cache.
 """
 
 from __future__ import annotations
