@@ -3,7 +3,9 @@
     import psynth
     loaded = psynth.load()                      # the embedded SmolLM2-135M-Instruct
     print(psynth.generate(loaded, "What is the capital of France?"))
-    r = psynth.synthesize(loaded, "question?", ["doc 1", "doc 2"], method="cache")
+    trained = psynth.load(adapter="default")    # + the shipped synthesizer (LoRA + mapper)
+    r = psynth.synthesize(trained, "question?", ["doc 1", "doc 2"], method="cache")
+    rs = psynth.synthesize_batch(trained, ["q1?", "q2?"], [["doc a"], ["doc b", "doc c"]])
     logits, cache = psynth.forward(loaded.model, tokens, positions, cache)
 """
 
@@ -15,8 +17,9 @@ from psynth.model.config import ModelConfig
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis import chat
 from psynth.synthesis.generate import SamplingConfig
-from psynth.synthesis.pipeline import SynthesisResult, fan_out, synthesize
-from psynth.synthesis.synthesize import Adapter
+from psynth.model.lora import Adapter
+from psynth.synthesis.pipeline import (SynthesisResult, fan_out, fan_out_batch, synthesize,
+                                       synthesize_batch)
 
 
 def generate(loaded: Loaded, prompt_or_messages, *, max_new_tokens: int = 128,
@@ -29,4 +32,5 @@ def generate(loaded: Loaded, prompt_or_messages, *, max_new_tokens: int = 128,
 
 
 __all__ = ["Adapter", "KVCache", "Loaded", "ModelConfig", "SamplingConfig", "SynthesisResult",
-           "Transformer", "fan_out", "forward", "generate", "init_cache", "load", "synthesize"]
+           "Transformer", "fan_out", "fan_out_batch", "forward", "generate", "init_cache", "load",
+           "synthesize", "synthesize_batch"]

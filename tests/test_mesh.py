@@ -13,7 +13,8 @@ from psynth.model.config import ModelConfig
 from psynth.model.lora import add_lora
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine
-from psynth.synthesis.synthesize import Adapter, cache_prefill
+from psynth.model.lora import Adapter
+from psynth.synthesis.synthesize import cache_prefill
 
 
 def test_cache_synthesis_sharded_equals_single_device(tiny_checkpoint):
@@ -39,11 +40,11 @@ def test_cache_synthesis_sharded_equals_single_device(tiny_checkpoint):
       br.cache = sharding.shard_cache(br.cache, mesh)
       assert br.cache.k.sharding.spec[1] == "data" and br.cache.k.sharding.spec[3] == "tensor"
       with sharding.use_mesh(mesh):
-        logits, build, _ = cache_prefill(engine, br, [7, 8, 9, 10],
+        logits, build, _ = cache_prefill(engine, br, [[7, 8, 9, 10]],
                                          adapter=Adapter(mapper=mapper, lora=True))
         cache = build()
     else:
-      logits, build, _ = cache_prefill(engine, br, [7, 8, 9, 10],
+      logits, build, _ = cache_prefill(engine, br, [[7, 8, 9, 10]],
                                        adapter=Adapter(mapper=mapper, lora=True))
       cache = build()
     return np.asarray(logits), np.asarray(cache.k), np.asarray(cache.v)

@@ -7,15 +7,15 @@ import pytest
 from flax import nnx
 
 from psynth.cache import mapper as mapper_lib
-from psynth.cache import ops
+from psynth.cache import ops, reencode
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model import rope
 from psynth.model.config import ModelConfig
-from psynth.model.lora import add_lora
+from psynth.model.lora import Adapter, add_lora
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.fanout import encode_branches, run_workers
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket
-from psynth.synthesis.synthesize import Adapter, cache_prefill
+from psynth.synthesis.synthesize import cache_prefill
 
 ROPE_KINDS = ["llama_gqa", "llama3_rope", "linear_rope", "yarn_rope", "qwen3"]
 
@@ -52,7 +52,7 @@ def test_one_branch_sequential_equals_one_forward(tiny_checkpoint):
   br = encode_branches(engine, [[]], [branch])
   mapper = mapper_lib.CacheMapper("affine", model.config.num_layers, model.config.num_kv_heads,
                                   rngs=nnx.Rngs(0))
-  logits, _, next_pos = cache_prefill(engine, br, synth, mode="sequential",
+  logits, _, next_pos = cache_prefill(engine, br, [synth], mode="sequential",
                                       adapter=Adapter(mapper=mapper, lora=False))
   seq = np.array([branch + synth], np.int32)
   ref, _ = forward(model, seq, np.arange(20, dtype=np.int32)[None], init_cache(model.config, 1, 20))
@@ -69,7 +69,7 @@ def test_after_prefix_equals_a_cache_built_by_hand(tiny_checkpoint):
   branch = rng.randint(0, 128, 9).tolist()
   engine = Engine(model)
   br = encode_branches(engine, [shared + own], [branch])
-  logits, _, next_pos = cache_prefill(engine, br, shared + rest, mode="after_prefix")
+  logits, _, next_pos = cache_prefill(engine, br, [shared + rest], mode="after_prefix")
   S, O, n = len(shared), len(own), len(branch)
   run = lambda seq: forward(model, np.array([seq], np.int32),
                             np.arange(len(seq), dtype=np.int32)[None],
@@ -104,9 +104,13 @@ def test_trained_mapper_changes_only_valid_slots(tiny_checkpoint):
   m = mapper_lib.CacheMapper("per_head", model.config.num_layers, model.config.num_kv_heads,
                              rngs=nnx.Rngs(0))
   m.w2.set_value(jnp.ones_like(m.w2[...]))  # pretend training moved it
-  out = mapper_lib.apply(m, br.cache, jnp.asarray(br.lengths)[None])
-  valid = np.asarray(br.cache.valid)[None, :, :, None, None]
-  changed = np.asarray(out.k) != np.asarray(br.cache.k)
+  inv_freq = jnp.asarray(rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)[0])
+  lengths = jnp.asarray(br.lengths)[None]
+  starts = jnp.asarray(br.prompt_lens)[None]  # where they are: no re-encoding
+  out = reencode.merge(br.cache, starts, inv_freq, mapper_lib.coefficients(m, lengths))
+  plain = reencode.merge(br.cache, starts, inv_freq)
+  valid = np.asarray(plain.valid)[None, :, :, None, None]
+  changed = np.asarray(out.k) != np.asarray(plain.k)
   assert changed[np.broadcast_to(valid, changed.shape)].all()
   assert not changed[~np.broadcast_to(valid, changed.shape)].any()
 
@@ -170,10 +174,10 @@ def test_bad_inputs(tiny_checkpoint):
   long = [[1]] * 3
   br = encode_branches(engine, long, [[2] * 200] * 3)
   with pytest.raises(ValueError, match=f"exceeds the {ctx}-token context"):
-    cache_prefill(engine, br, [1, 2, 3], mode="sequential")
-  cache_prefill(engine, br, [1, 2, 3], mode="shared_start")  # 200 + 3 fits
+    cache_prefill(engine, br, [[1, 2, 3]], mode="sequential")
+  cache_prefill(engine, br, [[1, 2, 3]], mode="shared_start")  # 200 + 3 fits
   with pytest.raises(ValueError, match="position mode 'diagonal' unknown"):
-    cache_prefill(engine, br, [1, 2, 3], mode="diagonal")
+    cache_prefill(engine, br, [[1, 2, 3]], mode="diagonal")
   with pytest.raises(ValueError, match=r"mapper kind='mlp'; supported"):
     mapper_lib.CacheMapper("mlp", 2, 2, rngs=nnx.Rngs(0))
 
@@ -200,8 +204,8 @@ def test_cache_path_answer_equals_generation_over_branch_then_prompt(tiny_checkp
   rng = np.random.RandomState(5)
   branch, synth = rng.randint(0, 128, 11).tolist(), rng.randint(0, 128, 6).tolist()
   br = encode_branches(engine, [[]], [branch])
-  got = synthesize_from_branches(engine, br, "naive", synth, SamplingConfig(max_new_tokens=10),
-                                 mode="sequential").answer_ids
+  got = synthesize_from_branches(engine, br, "naive", [synth], SamplingConfig(max_new_tokens=10),
+                                 mode="sequential")[0].answer_ids
   ref = engine.generate([branch + synth], SamplingConfig(max_new_tokens=10)).tokens[0]
   assert got == ref
 
@@ -211,7 +215,7 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   """The first token's prefill re-encodes and maps each layer as it reads it (`cache.lazy`):
   its logits and the decode cache built after it equal the eager path's (reposition ->
   mapper -> merge -> extend -> forward), with a trained-looking mapper and LoRA on."""
-  from psynth.synthesis.synthesize import branch_starts
+  from psynth.cache.reencode import branch_starts
   model = add_lora(_model(tiny_checkpoint), rank=4, alpha=8, rngs=nnx.Rngs(0))
   for blk in model.layers:
     blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.03))
@@ -225,7 +229,7 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   synth = shared + rng.randint(0, 128, 5).tolist()
   engine = Engine(model)
   br = encode_branches(engine, worker_prompts, outputs)
-  logits, build, next_pos = cache_prefill(engine, br, synth, mode=mode,
+  logits, build, next_pos = cache_prefill(engine, br, [synth], mode=mode,
                                           adapter=Adapter(mapper, lora=True), max_new_tokens=4)
   cache = build()
 
@@ -235,7 +239,10 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   starts, start = branch_starts(np.asarray(br.lengths, np.int64), mode, P)
   inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   moved = ops.reposition(br.cache, jnp.asarray(starts, jnp.int32), jnp.asarray(inv_freq))
-  moved = ops.merge_rows(mapper_lib.apply(mapper, moved, jnp.asarray(br.lengths)[None]), 3)
+  a_k, b_k, a_v, b_v = mapper_lib.coefficients(mapper, jnp.asarray(br.lengths)[None])[:, 0]
+  c = lambda x: x.transpose(1, 0, 2)[:, :, None, :, None]  # [N, L, K] -> [L, N, 1, K, 1]
+  k, v = mapper_lib.calibrate(moved.k, moved.v, moved.valid, (c(a_k), c(b_k), c(a_v), c(b_v)))
+  moved = ops.merge_rows(moved.replace(k=k, v=v), 3)
   if P:
     moved = ops.concat_slots(ops.truncate(br.prefix, P), moved)
   pos = np.arange(start, start + len(prompt), dtype=np.int32)[None]

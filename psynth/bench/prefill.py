@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,11 @@ import numpy as np
 from flax import nnx
 
 from psynth.bench.timing import Timing, markdown_table, time_interleaved
-from psynth.loading import Loaded
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.generate import SamplingConfig
+
+if TYPE_CHECKING:  # the front door sits above this module
+  from psynth.loading import Loaded
 
 log = logging.getLogger(__name__)
 

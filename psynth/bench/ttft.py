@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -34,15 +35,18 @@ from psynth.bench import hf_reference
 from psynth.bench.prefill import hf_model
 from psynth.bench.timing import markdown_table, time_interleaved
 from psynth.cache import mapper as mapper_lib
-from psynth.cache import ops
-from psynth.loading import Loaded
+from psynth.cache import reencode
 from psynth.model import rope
 from psynth.model.lora import add_lora
 from psynth.model.transformer import forward
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
-from psynth.synthesis.synthesize import Adapter, cache_prefill, synthesize_from_branches
+from psynth.model.lora import Adapter
+from psynth.synthesis.synthesize import cache_prefill, synthesize_from_branches
+
+if TYPE_CHECKING:  # the front door sits above this module
+  from psynth.loading import Loaded
 
 log = logging.getLogger(__name__)
 QUESTION = "What do the documents say about the project's schedule?"
@@ -72,12 +76,11 @@ def _floor_fn(engine: Engine, br, synth_ids, adapter: Adapter):
   """Prefill of the synthesizer prompt against a cache merged beforehand (not timed)."""
   cfg = engine.config
   inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
-  starts = jnp.zeros((len(br.tokens),), jnp.int32)
-  moved = ops.reposition(br.cache, starts, jnp.asarray(inv_freq))
-  moved = mapper_lib.apply(adapter.mapper, moved, jnp.asarray(br.lengths)[None])
-  Tb = bucket(len(synth_ids))
-  merged = ops.merge_rows(moved, len(br.tokens))
-  tokens, positions = right_pad([synth_ids], Tb, start=int(br.lengths.max()))
+  lengths_BxN = jnp.asarray(br.lengths)[None]
+  coefs = mapper_lib.coefficients(adapter.mapper, lengths_BxN)
+  merged = reencode.merge(br.cache, jnp.zeros_like(lengths_BxN), jnp.asarray(inv_freq), coefs)
+  tokens, positions = right_pad([synth_ids], bucket(len(synth_ids)),
+                                start=int(br.lengths.max()))
   graphdef = engine.graphdef
 
   @jax.jit
@@ -98,7 +101,7 @@ def _merged_fn(engine: Engine, br, synth_ids, adapter: Adapter):
   def run():
     nonlocal build
     if build is None:  # on the first call, after "cache" compiled (and timed) the prefill
-      build = cache_prefill(engine, br, synth_ids, adapter=adapter)[1]
+      build = cache_prefill(engine, br, [synth_ids], adapter=adapter)[1]
     return build()
 
   return run
@@ -130,15 +133,15 @@ def run(loaded: Loaded, n_branches=(2, 4, 8), branch_tokens=(128, 512, 1024), ru
       br = encode_branches(engine, worker_ids, outputs)
       hf_br = hf_reference.branch_caches(hf, worker_ids, outputs)
       fns = {
-          "cache": lambda: synthesize_from_branches(engine, br, "cache", synth_ids, one,
-                                                    adapter=adapter).answer_ids,
+          "cache": lambda: synthesize_from_branches(engine, br, "cache", [synth_ids], one,
+                                                    adapter=adapter)[0].answer_ids,
           "merged": _merged_fn(engine, br, synth_ids, adapter),
           "floor": _floor_fn(engine, br, synth_ids, adapter),
           "hf_cache": lambda: hf_reference.cache_first_token(hf, hf_br, synth_ids)[0],
       }
       if text_fits:
-        fns["text"] = lambda: synthesize_from_branches(engine, br, "text", text_ids,
-                                                       one).answer_ids
+        fns["text"] = lambda: synthesize_from_branches(engine, br, "text", [text_ids],
+                                                       one)[0].answer_ids
         fns["hf_text"] = lambda: hf_reference.text_first_token(hf, text_ids)[0]
       t = time_interleaved(fns, runs)
       med = lambda k: t[k].median_s if k in t else None

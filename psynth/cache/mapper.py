@@ -45,11 +45,16 @@ class CacheMapper(nnx.Module):
 
 
 def features(lengths_BxN: jax.Array, num_layers: int) -> jax.Array:
-  """`[B, N, L, 3]`: log1p(branch length), log1p(number of branches), layer fraction."""
+  """`[B, N, L, 3]`: log1p(branch length), log1p(number of branches), layer fraction.
+
+  A batch pads examples with fewer branches with empty (length 0) ones; the branch count
+  of a row is its number of non-empty branches, so padding does not change a row's features.
+  """
   B, N = lengths_BxN.shape
   layer = jnp.arange(num_layers, dtype=jnp.float32) / max(num_layers - 1, 1)
   f_len = jnp.log1p(lengths_BxN.astype(jnp.float32))[:, :, None]
-  f_n = jnp.full((B, N, 1), jnp.log1p(float(N)), jnp.float32)
+  count_B = (lengths_BxN > 0).sum(-1).astype(jnp.float32)
+  f_n = jnp.broadcast_to(jnp.log1p(count_B)[:, None, None], (B, N, 1))
   return jnp.stack(jnp.broadcast_arrays(f_len, f_n, layer[None, None, :]), axis=-1)
 
 
@@ -64,17 +69,6 @@ def coefficients(mapper: CacheMapper, lengths_BxN: jax.Array) -> jax.Array:
   return jnp.stack([1 + t[0], t[1], 1 + t[2], t[3]])
 
 
-def apply(mapper: CacheMapper, branches: KVCache, lengths_BxN: jax.Array) -> KVCache:
-  """Calibrates a batch of branch caches, row b*N + j being branch j of task b (pre-merge).
-
-  Invalid (padding) slots are untouched, so they stay exactly zero-effect after the merge.
-  """
-  B, N = lengths_BxN.shape
-  # [4, B, N, L, K] -> [4, L, B*N, 1, K, 1] to broadcast over slots and head_dim of the cache.
-  c = coefficients(mapper, lengths_BxN).reshape(4, B * N, mapper.num_layers, -1)
-  c = c.transpose(0, 2, 1, 3)[:, :, :, None, :, None]
-  k, v = calibrate(branches.k, branches.v, branches.valid[None], c)
-  return branches.replace(k=k, v=v)
 
 
 def calibrate(k, v, valid, coefs):

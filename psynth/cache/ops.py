@@ -83,3 +83,14 @@ def concat_slots(a: KVCache, b: KVCache) -> KVCache:
   return a.replace(k=cat(a.k, b.k, 2), v=cat(a.v, b.v, 2),
                    positions=cat(a.positions, b.positions, 1), valid=cat(a.valid, b.valid, 1),
                    end=jnp.int32(a.slots + b.slots))
+
+
+def gather_rows(cache: KVCache, rows_R) -> KVCache:
+  """Rows `rows_R` of the cache, in that order; a row index of -1 gives an empty row (no
+  valid slot): how a batch pads examples that have fewer branches than the widest."""
+  rows = jnp.asarray(rows_R, jnp.int32)
+  at = jnp.maximum(rows, 0)
+  take = lambda a, axis: jnp.take(a, at, axis=axis)
+  return cache.replace(k=take(cache.k, 1), v=take(cache.v, 1),
+                       positions=take(cache.positions, 0),
+                       valid=take(cache.valid, 0) & (rows >= 0)[:, None])

@@ -16,6 +16,7 @@ from psynth.cache.mapper import CacheMapper
 from psynth.convert import adapter_dir, peft_io, reference_release
 from psynth.convert.hf_checkpoint import load_params
 from psynth.convert.merged_export import save_merged
+from psynth.convert.resolve import resolve_checkpoint
 from psynth.model.config import ModelConfig
 from psynth.model.transformer import Transformer
 
@@ -60,8 +61,6 @@ def export(model: Transformer, mapper: CacheMapper | None, what: str, out_dir: s
 def export_main(cfg, what: str, adapter: str | Path, out_dir: str | Path) -> Path:
   """The CLI: loads the base model of `cfg.model` (name, dtype), adds the adapter at
   `adapter`, writes `what` to `out_dir`."""
-  from psynth.loading import resolve_checkpoint
-
   if what not in KINDS:
     raise ValueError(f"--what={what!r}; choose from {KINDS}")
   # The weights and config only: an export needs no tokenizer (its files are copied as they are).

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
-from psynth.loading import Loaded
 from psynth.synthesis.generate import SamplingConfig
 from psynth.synthesis.pipeline import fan_out, synthesize
 from psynth.synthesis.synthesize import Adapter
+
+if TYPE_CHECKING:  # the front door sits above this module
+  from psynth.loading import Loaded
 
 QUESTION = "Where was the Aurora telescope assembled, and which university operates it?"
 DOCUMENTS = [

@@ -1,7 +1,8 @@
-"""Worker fan-out: N workers batched on the base model, their answers' K/V kept as branch caches.
+"""Worker fan-out: workers batched on the base model, their answers' K/V kept as branch caches.
 
-The token prefix all worker prompts share is prefilled once (batch 1) and tiled to the N
-rows; each worker then prefills its own part and decodes. A branch cache holds the K/V of the
+One call serves one example (N workers) or many (`counts`: branches per example, the rows
+of all examples in order). The token prefix all worker prompts share is prefilled once
+(batch 1) and tiled to every row; each worker then prefills its own part and decodes. A branch cache holds the K/V of the
 generated tokens only, at their absolute positions |p_i| + j. Finished outputs (texts made
 elsewhere) take the same route without decoding: they are prefilled after their prompts.
 
@@ -25,16 +26,28 @@ from psynth.synthesis.prompts import common_prefix_len
 
 @dataclasses.dataclass
 class Branches:
-  tokens: list[list[int]]  # o_i, without the stop token
-  cache: KVCache  # [layers, N, slots, ...]: o_i's K/V at absolute positions |p_i| + j
-  prompt_lens: np.ndarray  # [N] |p_i|
-  prefix: KVCache  # batch 1: the worker prompts' shared prefix (reused by the text baseline)
+  tokens: list[list[int]]  # R rows: o_i, without the stop token
+  cache: KVCache  # [layers, R, slots, ...]: o_i's K/V at absolute positions |p_i| + j
+  prompt_lens: np.ndarray  # [R] |p_i|
+  prefix: KVCache | None  # batch 1: the worker prompts' shared prefix (reused by text synthesis)
   prefix_tokens: list[int]
   worker_s: float  # wall time of the fan-out
+  counts: tuple[int, ...] = ()  # branches of each example, in row order; () = one example
+
+  def __post_init__(self):
+    self.counts = tuple(self.counts) or (len(self.tokens),)
+    if sum(self.counts) != len(self.tokens) or min(self.counts) < 1:
+      raise ValueError(f"branch counts {self.counts} do not split {len(self.tokens)} rows into "
+                       "examples of at least one branch each")
 
   @property
   def lengths(self) -> np.ndarray:
     return np.array([len(t) for t in self.tokens], np.int32)
+
+  def rows(self) -> list[range]:
+    """The rows of each example."""
+    ends = np.cumsum(self.counts).tolist()
+    return [range(e - n, e) for e, n in zip(ends, self.counts)]
 
 
 def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slots: int):
@@ -53,8 +66,9 @@ def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slo
 
 
 def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                eos_ids: Sequence[int] = ()) -> Branches:
-  """Runs one worker per prompt, batched, and keeps what they generated as branch caches."""
+                eos_ids: Sequence[int] = (), counts: Sequence[int] = ()) -> Branches:
+  """Runs one worker per prompt, batched, and keeps what they generated as branch caches.
+  `counts`: branches per example when the prompts are several examples' (default: one)."""
   if not prompts:
     raise ValueError("need at least one branch; got zero")
   t0 = time.perf_counter()
@@ -71,16 +85,17 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
                      "change their prompts or sampling")
   branch = ops.take_slots(gen.cache, Pb + Ob, max_new)
   return Branches(gen.tokens, branch, lens, prefix, list(prompts[0][:P]),
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, tuple(counts))
 
 
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
-                    outputs: Sequence[Sequence[int]], min_slots: int = 0) -> Branches:
+                    outputs: Sequence[Sequence[int]], min_slots: int = 0,
+                    counts: Sequence[int] = ()) -> Branches:
   """Branch caches for finished outputs, as if worker i had generated outputs[i] after prompts[i].
 
   `min_slots`: give every branch at least this many cache slots (the rest invalid), so that
   outputs of varying lengths share one compiled shape downstream (an evaluation passes the
-  workers' token budget)."""
+  workers' token budget). `counts`: branches per example, as in `run_workers`."""
   if not outputs:
     raise ValueError("need at least one branch; got zero")
   if len(prompts) != len(outputs):
@@ -88,13 +103,18 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   for i, o in enumerate(outputs):
     if len(o) == 0:
       raise ValueError(f"branch {i} is empty; every branch needs at least one token")
+  too_long = [i for i, (p, o) in enumerate(zip(prompts, outputs))
+              if len(p) + len(o) >= engine.config.max_position_embeddings]
+  if too_long:
+    raise ValueError(f"branch {too_long[0]}: its worker prompt + output "
+                     f"({len(prompts[too_long[0]]) + len(outputs[too_long[0]])} tokens) does "
+                     f"not fit the {engine.config.max_position_embeddings}-token context")
   t0 = time.perf_counter()
   lens = np.array([len(p) for p in prompts], np.int32)
-  engine.check_fits(int(max(len(p) + len(o) for p, o in zip(prompts, outputs))), 1)
   Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, Gb)
   _, cache = engine.first_token_logits(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
   _, cache = engine.first_token_logits(cache, *right_pad(outputs, Gb, start=lens))
   branch = ops.take_slots(cache, Pb + Ob, Gb)
   return Branches([list(o) for o in outputs], branch, lens, prefix, list(prompts[0][:P]),
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, tuple(counts))

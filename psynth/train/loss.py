@@ -16,13 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from psynth.cache import mapper as mapper_lib
-from psynth.cache import ops
+from psynth.cache import ops, reencode
 from psynth.cache.kv_cache import KVCache
 from psynth.model import rope
 from psynth.model.transformer import Transformer, forward, init_cache
-from psynth.synthesis.synthesize import branch_starts
-
-TRAIN_MODES = ("shared_start", "sequential")
 
 
 def branch_caches(model: Transformer, worker_tokens, worker_positions, out_start) -> KVCache:
@@ -63,17 +60,17 @@ def encode_branches(model: Transformer, batch, length: int) -> dict[str, jax.Arr
 def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
                  lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
                  lora: bool = True) -> jax.Array:
-  """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches."""
-  B, N = lengths_BxN.shape
+  """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches
+  (`lengths_BxN`: 0 for the empty branches that pad an example with fewer)."""
   T = synth_tokens.shape[1]
-  if mode not in TRAIN_MODES:  # after_prefix needs a real shared prefix, which training lacks
-    raise ValueError(f"training position mode {mode!r}; supported: {TRAIN_MODES}")
+  if mode == "after_prefix":  # it needs a real shared prefix cache, which training lacks
+    raise ValueError("training position mode 'after_prefix' is not supported; use "
+                     "shared_start or sequential")
   inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
-  starts_BxN, synth_start = branch_starts(jnp.asarray(lengths_BxN), mode)
-  moved = ops.reposition(branches, starts_BxN.reshape(-1), jnp.asarray(inv_freq))
-  if mapper is not None:
-    moved = mapper_lib.apply(mapper, moved, lengths_BxN)
-  merged = ops.extend(ops.merge_rows(moved, N), T)
+  lengths_BxN = jnp.asarray(lengths_BxN)
+  starts_BxN, synth_start = reencode.branch_starts(lengths_BxN, mode)
+  coefs = None if mapper is None else mapper_lib.coefficients(mapper, lengths_BxN)
+  merged = ops.extend(reencode.merge(branches, starts_BxN, jnp.asarray(inv_freq), coefs), T)
   positions = jnp.where(synth_positions >= 0, synth_positions + synth_start[:, None], -1)
   logits, _ = forward(model, synth_tokens, positions, merged, lora=lora)
   return logits

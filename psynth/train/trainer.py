@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
@@ -24,7 +24,6 @@ from tqdm import tqdm
 from psynth import sharding
 from psynth.cache.mapper import CacheMapper
 from psynth.data.example import Example
-from psynth.loading import Loaded
 from psynth.model.lora import add_lora
 from psynth.train import batch as batch_lib
 from psynth.train import loss as loss_lib
@@ -32,6 +31,9 @@ from psynth.train import step as step_lib
 from psynth.train.checkpoint import Checkpoints
 from psynth.train.logs import ScalarWriter
 from psynth.synthesis.generate import bucket
+
+if TYPE_CHECKING:  # the front door sits above this module
+  from psynth.loading import Loaded
 
 log = logging.getLogger(__name__)
 

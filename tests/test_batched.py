@@ -1,0 +1,87 @@
+"""Many fan-outs as rows of one batch: the same greedy tokens as one example at a time."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import psynth
+from psynth.cache import mapper as mapper_lib
+from psynth.convert.hf_checkpoint import load_params
+from psynth.model.config import ModelConfig
+from psynth.model.lora import Adapter, add_lora
+from psynth.synthesis.fanout import encode_branches
+from psynth.synthesis.generate import Engine, SamplingConfig
+from psynth.synthesis.synthesize import synthesize_from_branches
+
+COUNTS = (1, 3, 2)  # ragged: the batch pads to 4 branches per row
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint):
+  """A tiny random GQA model with a LoRA and a per-head mapper that both change answers."""
+  path, _ = tiny_checkpoint("llama_gqa")
+  model = add_lora(load_params(ModelConfig.from_hf(path), path), rank=4, alpha=8,
+                   rngs=nnx.Rngs(0))
+  for blk in model.layers:
+    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.05))
+  cfg = model.config
+  mapper = mapper_lib.CacheMapper("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
+  rng = np.random.RandomState(3)
+  shared = [1, 2, 3]
+  examples = []
+  for e, n in enumerate(COUNTS):
+    q = rng.randint(4, 128, 3 + e).tolist()
+    workers = [shared + q + rng.randint(4, 128, 2).tolist() for _ in range(n)]
+    outputs = [rng.randint(4, 128, rng.randint(3, 12)).tolist() for _ in range(n)]
+    synth = shared + q + rng.randint(4, 128, 4 + e).tolist()
+    text = synth + [t for o in outputs for t in o]
+    examples.append((workers, outputs, synth, text))
+  return Engine(model), Adapter(mapper, lora=True), examples
+
+
+@pytest.mark.parametrize("method", ["text", "naive", "cache"])
+def test_batched_synthesis_equals_one_at_a_time(setup, method):
+  """Tokens of every row equal the same example synthesized alone (greedy, own stops)."""
+  engine, adapter, examples = setup
+  sampling = SamplingConfig(max_new_tokens=10)
+  prompt = (lambda ex: ex[3]) if method == "text" else (lambda ex: ex[2])
+  batch = encode_branches(engine, [w for ex in examples for w in ex[0]],
+                          [o for ex in examples for o in ex[1]], counts=COUNTS)
+  got = synthesize_from_branches(engine, batch, method, [prompt(ex) for ex in examples], sampling,
+                                 eos_ids=(5,), adapter=adapter)
+  for ex, row in zip(examples, got):
+    alone = encode_branches(engine, ex[0], ex[1])
+    want = synthesize_from_branches(engine, alone, method, [prompt(ex)], sampling, eos_ids=(5,),
+                                    adapter=adapter)[0]
+    assert row.answer_ids == want.answer_ids
+  assert len({tuple(r.answer_ids) for r in got}) == len(got)  # rows really differ
+
+
+def test_the_adapter_changes_the_answers(setup):
+  """What the test above compares depends on the adapter: LoRA + mapper change the tokens."""
+  engine, adapter, examples = setup
+  batch = encode_branches(engine, [w for ex in examples for w in ex[0]],
+                          [o for ex in examples for o in ex[1]], counts=COUNTS)
+  run = lambda m: [r.answer_ids for r in synthesize_from_branches(
+      engine, batch, m, [ex[2] for ex in examples], SamplingConfig(max_new_tokens=10),
+      adapter=adapter)]
+  assert run("cache") != run("naive")
+
+
+def test_bad_batches_name_the_example():
+  loaded = psynth.load("tiny-random")
+  qs = ["q one?", "q two?", "q three?"]
+  outs = [["a fact."], ["b fact.", "c fact."], ["d fact."]]
+  with pytest.raises(ValueError, match="3 questions but 2 output lists"):
+    psynth.synthesize_batch(loaded, qs, outputs=outs[:2])
+  with pytest.raises(ValueError, match="question 1: branch output 1 is empty"):
+    psynth.synthesize_batch(loaded, qs, outputs=[outs[0], ["a", "  "], outs[2]])
+  with pytest.raises(ValueError, match="question 2: need at least one branch"):
+    psynth.synthesize_batch(loaded, qs, [["doc"], ["doc"], []])
+  with pytest.raises(ValueError, match="example 1: merged branches end at position"):
+    psynth.synthesize_batch(loaded, qs[:2], outputs=[outs[0], ["word " * 700] * 2],
+                            mode="sequential", sampling=SamplingConfig(max_new_tokens=700))
