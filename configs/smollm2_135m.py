@@ -32,9 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
       keep_checkpoints=3,
-      # Compute every example's branch K/V once and keep it on the host (same numbers,
-      # no workers' prefill per step); False re-encodes the saved branch texts every step.
-      cache_branches=True))
+      # Val answer accuracy (greedy synthesis, `val_batch` examples at a time) on the first
+      # `val_accuracy_examples` val examples at every eval; the best adapter is kept by it.
+      val_accuracy_examples=64, val_batch=16))
   # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
   # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
   # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the

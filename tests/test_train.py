@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -112,14 +113,26 @@ def test_mesh_of_8_devices_matches_one_device(tmp_path):
   np.testing.assert_allclose(b.losses, a.losses, rtol=0, atol=1e-5)
 
 
-def test_cached_branches_give_the_same_losses_as_reencoding(tmp_path):
-  data, val = examples(4), examples(2)
-  kw = dict(steps=2, batch_size=2, lr=1e-2, warmup_steps=1, save_every=100, eval_every=2)
-  runs = [Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / str(c), cache_branches=c, **kw),
-                  mesh=one_device()).fit(data, val, progress=False) for c in (True, False)]
-  np.testing.assert_allclose(runs[0].losses, runs[1].losses, rtol=0, atol=1e-5)
-  assert runs[0].naive_eval == pytest.approx(runs[1].naive_eval, abs=1e-5)
-  assert runs[0].eval[-1][1] == pytest.approx(runs[1].eval[-1][1], abs=1e-5)
+def test_padded_branches_change_nothing(tmp_path):
+  """An example's loss is the same alone (2 branches) and in a batch padded to 3 branches."""
+  from psynth.train import loss as loss_lib
+  trainer = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path, steps=1), mesh=one_device())
+  synth = trainer.synthesizer()
+  two = examples(1)[0]
+  three = dataclasses.replace(two, id="three", branch_inputs=two.branch_inputs + ["x y"],
+                              branch_outputs=two.branch_outputs + ["Another lamp is blue."])
+  items = trainer.tokenize([two, three])
+  alone = trainer.host_batch(items[:1], sizes=dict(N=2))
+  padded = trainer.host_batch(items, sizes=dict(N=3, W=alone["worker_tokens"].shape[1],
+                                                T=alone["synth_tokens"].shape[1]))
+  assert padded["branch_lengths"][0, 2] == 0 and padded["branch_lengths"][1, 2] > 0
+  first = lambda b: {k: v[:1] if v.shape[0] == 2 else v[:3] if v.shape[0] == 6 else v
+                     for k, v in b.items()}
+  a = loss_lib.compute(synth.model, synth.mapper, alone)
+  # The padded batch's first example alone, still padded to 3 branches (one empty).
+  p = loss_lib.compute(synth.model, synth.mapper, first(padded))
+  assert float(a["tokens"]) == float(p["tokens"]) > 0
+  assert abs(float(a["ce"]) - float(p["ce"])) <= 1e-4 * float(a["ce"])
 
 
 def test_kl_term_towards_the_text_synthesizer(tmp_path):

@@ -10,7 +10,9 @@ A batch holds, for B examples of N branches each:
 - optionally the text-synthesizer rows `[B, Tt]` (the branch texts pasted into the prompt,
   then the same target), with `teacher_index[b, t]`: the index in that row that predicts
   the same target token as student index t (for a KL term against text synthesis).
-Lengths are padded to `bucket` sizes so a run compiles a handful of shapes.
+Lengths are padded to `bucket` sizes and branch counts to `BRANCH_BUCKETS` (with empty
+branches: no token, length 0), and a run batches examples of one branch bucket together
+(`psynth.train.sampler`), so it compiles one step per branch bucket.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ import numpy as np
 from psynth.data.example import Example
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.generate import bucket
+
+BRANCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # examples are padded to the next of these
+
+
+def branch_bucket(n: int) -> int:
+  """The branch count an example with n branches is padded to (at most 25% empty rows >= 4)."""
+  for b in BRANCH_BUCKETS:
+    if n <= b:
+      return b
+  raise ValueError(f"{n} branches; training supports at most {BRANCH_BUCKETS[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +58,7 @@ def tokenize(tokenizer, ex: Example, stop_id: int, *, system: str = prompts.DEFA
   if not ex.target.strip():
     raise ValueError(f"example {ex.id!r} has an empty target")
   enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
-  outs = [enc(o)[:max_branch_tokens] for o in ex.branch_outputs]
+  outs = [enc(o.strip())[:max_branch_tokens] for o in ex.branch_outputs]
   for i, o in enumerate(outs):
     if not o:
       raise ValueError(f"example {ex.id!r}: branch {i} output is empty")
@@ -60,15 +72,18 @@ def tokenize(tokenizer, ex: Example, stop_id: int, *, system: str = prompts.DEFA
 
 def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
             with_text: bool = False) -> dict[str, np.ndarray]:
-  """Pads B tokenized examples (same N) into arrays; `sizes` fixes W/T/Tt (else bucketed)."""
-  N = len(items[0].worker_prompts)
-  if any(len(it.worker_prompts) != N for it in items):
-    raise ValueError(f"examples in one batch need the same number of branches; got "
-                     f"{sorted({len(it.worker_prompts) for it in items})}")
-  B = len(items)
-  rows = [p + o for it in items for p, o in zip(it.worker_prompts, it.branch_outputs)]
-  synth = [it.synth_prompt + it.target for it in items]
+  """Pads B tokenized examples into arrays; `sizes` fixes N/W/T/Tt (else the batch's own,
+  bucketed). An example with fewer than N branches gets empty rows (no token, length 0)."""
   sizes = dict(sizes or {})
+  N = sizes.get("N") or branch_bucket(max(len(it.worker_prompts) for it in items))
+  if any(len(it.worker_prompts) > N for it in items):
+    raise ValueError(f"an example has {max(len(it.worker_prompts) for it in items)} branches; "
+                     f"the batch holds N={N}")
+  B = len(items)
+  pad = lambda it, rows: list(rows) + [[]] * (N - len(rows))
+  rows = [p + o for it in items
+          for p, o in zip(pad(it, it.worker_prompts), pad(it, it.branch_outputs))]
+  synth = [it.synth_prompt + it.target for it in items]
   W = sizes.get("W") or bucket(max(map(len, rows)))
   T = sizes.get("T") or bucket(max(map(len, synth)))
   if max(map(len, rows)) > W or max(map(len, synth)) > T:
@@ -87,8 +102,9 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
     out["worker_tokens"][r, :len(row)] = row
     out["worker_positions"][r, :len(row)] = np.arange(len(row))
   for b, it in enumerate(items):
-    out["out_start"][b * N:(b + 1) * N] = [len(p) for p in it.worker_prompts]
-    out["branch_lengths"][b] = [len(o) for o in it.branch_outputs]
+    n = len(it.worker_prompts)
+    out["out_start"][b * N:b * N + n] = [len(p) for p in it.worker_prompts]
+    out["branch_lengths"][b, :n] = [len(o) for o in it.branch_outputs]
     seq = synth[b]
     out["synth_tokens"][b, :len(seq)] = seq
     out["synth_positions"][b, :len(seq)] = np.arange(len(seq))

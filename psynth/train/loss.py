@@ -32,31 +32,6 @@ def branch_caches(model: Transformer, worker_tokens, worker_positions, out_start
   return jax.lax.stop_gradient(cache.replace(valid=cache.valid & keep))
 
 
-def branch_slots(cache: KVCache, out_start, length: int) -> KVCache:
-  """The `length` slots from `out_start` of every row: `[L, B*N, W]` -> `[L, B*N, length]`.
-
-  Cuts the branch outputs out of the workers' rows, so they can be kept (on the host) and
-  reused by every later step instead of re-running the workers' prefill.
-  """
-  W = cache.slots
-  idx = out_start[:, None] + jnp.arange(length)[None, :]  # [BN, G]
-  at = jnp.clip(idx, 0, W - 1)
-  kv = lambda a: jnp.take_along_axis(a, at[None, :, :, None, None], axis=2)
-  return cache.replace(k=kv(cache.k), v=kv(cache.v),
-                       positions=jnp.take_along_axis(cache.positions, at, axis=1),
-                       valid=jnp.take_along_axis(cache.valid, at, axis=1) & (idx < W),
-                       end=jnp.int32(length))
-
-
-def encode_branches(model: Transformer, batch, length: int) -> dict[str, jax.Array]:
-  """Branch caches of a batch as arrays with rows first (what `compute` takes back as
-  `branch_*`): k, v `[B*N, L, G, K, E]`, positions and valid `[B*N, G]`."""
-  c = branch_slots(branch_caches(model, batch["worker_tokens"], batch["worker_positions"],
-                                 batch["out_start"]), batch["out_start"], length)
-  return dict(branch_k=c.k.transpose(1, 0, 2, 3, 4), branch_v=c.v.transpose(1, 0, 2, 3, 4),
-              branch_positions=c.positions, branch_valid=c.valid)
-
-
 def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
                  lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
                  lora: bool = True) -> jax.Array:
@@ -101,15 +76,10 @@ def loss_terms(logits_BxTxV, batch, teacher_logits=None) -> dict[str, jax.Array]
 
 def compute(model: Transformer, mapper, batch, *, mode: str = "shared_start", lora: bool = True,
             kl: bool = False) -> dict[str, jax.Array]:
-  """All loss sums of one (micro-)batch (branch caches given as `branch_*`, or computed)."""
-  if "branch_k" in batch:
-    branches = KVCache(k=batch["branch_k"].transpose(1, 0, 2, 3, 4),
-                       v=batch["branch_v"].transpose(1, 0, 2, 3, 4),
-                       positions=batch["branch_positions"], valid=batch["branch_valid"],
-                       end=jnp.int32(batch["branch_positions"].shape[1]))
-  else:
-    branches = branch_caches(model, batch["worker_tokens"], batch["worker_positions"],
-                             batch["out_start"])
+  """All loss sums of one (micro-)batch. The branch caches are computed here, per batch, from
+  the workers' rows (memory does not grow with the data set)."""
+  branches = branch_caches(model, batch["worker_tokens"], batch["worker_positions"],
+                           batch["out_start"])
   logits = synth_logits(model, mapper, branches, batch["branch_lengths"], batch["synth_tokens"],
                         batch["synth_positions"], mode=mode, lora=lora)
   teacher = (text_logits(model, batch["teacher_tokens"], batch["teacher_positions"])

@@ -26,11 +26,11 @@ from psynth.cache.mapper import CacheMapper
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
 from psynth.train import batch as batch_lib
-from psynth.train import loss as loss_lib
 from psynth.train import step as step_lib
+from psynth.train import val_accuracy
 from psynth.train.checkpoint import Checkpoints
 from psynth.train.logs import ScalarWriter
-from psynth.synthesis.generate import bucket
+from psynth.train.sampler import Sampler
 
 if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
@@ -57,16 +57,17 @@ def signature(loaded: Loaded, cfg) -> dict:
                         targets=list(cfg.lora.targets)), mapper=cfg.mapper.kind)
 
 
-def batch_indices(n_examples: int, step: int, global_batch: int, seed: int) -> np.ndarray:
-  """Example indices of step `step` (0-based): epochs of seeded permutations, no state."""
-  epochs, index = np.divmod(np.arange(step * global_batch, (step + 1) * global_batch), n_examples)
-  perms = {e: np.random.default_rng([seed, e]).permutation(n_examples) for e in set(epochs.tolist())}
-  return np.array([perms[e][i] for e, i in zip(epochs.tolist(), index.tolist())], np.int64)
-
-
 def split_accum(arrays: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
   """Leading (example or branch-row) axis -> `[accum, rows / accum, ...]`."""
   return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in arrays.items()}
+
+
+def _by_bucket(items: Sequence, size: int) -> list[list]:
+  """`items` in chunks of at most `size`, each of one branch bucket (one compiled shape)."""
+  groups: dict[int, list] = {}
+  for it in items:
+    groups.setdefault(batch_lib.branch_bucket(len(it.worker_prompts)), []).append(it)
+  return [g[i:i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
 
 
 def pad_items(items: list, multiple: int) -> tuple[list, int]:
@@ -82,6 +83,10 @@ class History:
   eval: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val loss)
   naive_eval: float | None = None  # val loss of the untrained (naive) cache path
   text_eval: float | None = None  # val loss of the text synthesizer (base model, texts pasted)
+  accuracy: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val acc)
+  naive_accuracy: float | None = None
+  text_accuracy: float | None = None
+  best: tuple[int, float] | None = None  # (step, val accuracy) of the best adapter
   step_s: list[float] = dataclasses.field(default_factory=list)
   tokens_per_s: list[float] = dataclasses.field(default_factory=list)
   compile_s: float | None = None
@@ -136,10 +141,6 @@ class Trainer:
                                           kl_weight=float(t.kl_weight))
     self._step = jax.jit(train_step, in_shardings=(tr_sh, fr_sh, self._opt_sh, None),
                          out_shardings=(tr_sh, self._opt_sh, repl), donate_argnums=(0, 2))
-    self._encode = jax.jit(
-        lambda tr_, fr, b, length: loss_lib.encode_branches(self.split.merge(tr_, fr).model, b,
-                                                           length),
-        in_shardings=(tr_sh, fr_sh, None), static_argnums=3)
     self._eval = {
         key: jax.jit(step_lib.make_eval_step(self.split, mode=cfg.synthesis.mode, lora=on,
                                              use_mapper=on),
@@ -162,53 +163,25 @@ class Trainer:
         v, step_lib.batch_sharding(self.mesh, self.rules, v.ndim, accum=accum))
     return {k: put(v) for k, v in arrays.items()}
 
-  def encode_all(self, items, desc: str = "branch caches") -> list[dict[str, np.ndarray]]:
-    """Every example's branch caches, computed once (base model) and kept on the host:
-    later steps read them instead of re-running the workers' prefill (same numbers)."""
-    G = bucket(max(len(o) for it in items for o in it.branch_outputs))
-    W = batch_lib.batch_sizes(items)["W"]  # one shape for every chunk: one compile
-    c = self.loaded.config
-    per_example = (len(items[0].branch_outputs) * c.num_layers * G * c.num_kv_heads *
-                   c.head_dim * 2 * np.dtype(c.jnp_dtype).itemsize)
-    log.info("caching branch K/V of %d examples on the host: %.2f GB", len(items),
-             per_example * len(items) / 1e9)
-    out = []
-    steps = range(0, len(items), self.micro)
-    for i in tqdm(steps, desc=desc, disable=jax.process_index() != 0 or len(steps) < 4):
-      chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
-      b = {k: v for k, v in batch_lib.collate(chunk, sizes=dict(W=W)).items()
-           if k in ("worker_tokens", "worker_positions", "out_start")}
-      with sharding.use_mesh(self.mesh, self.rules):
-        enc = self._encode(self.trainable, self.frozen, self._to_device(b, accum=False), G)
-      enc = {k: gather(v) for k, v in enc.items()}
-      N = enc["branch_k"].shape[0] // len(chunk)
-      out += [{k: v[j * N:(j + 1) * N] for k, v in enc.items()} for j in range(n)]
-    return out
-
-  def host_batch(self, items, branches=None, with_text: bool = False,
+  def host_batch(self, items, with_text: bool = False,
                  sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """A batch of tokenized examples as numpy; with `branches`, their cached branch K/V
-    replace the workers' rows. `sizes`: fixed W/T/Tt (one compiled shape for a whole run)."""
-    b = batch_lib.collate(items, with_text=with_text, sizes=sizes)
-    if branches is not None:
-      for k in ("worker_tokens", "worker_positions", "out_start"):
-        b.pop(k)
-      b.update({k: np.concatenate([br[k] for br in branches]) for k in branches[0]})
-    return b
+    """A batch of tokenized examples as numpy. `sizes`: W/T/Tt fixed for a whole run and N
+    for this batch's branch bucket (one compiled step per bucket)."""
+    sizes = dict(sizes or {})
+    sizes.setdefault("N", batch_lib.branch_bucket(max(len(it.worker_prompts) for it in items)))
+    return batch_lib.collate(items, with_text=with_text, sizes=sizes)
 
   # ------------------------------------------------------------------ eval
-  def evaluate(self, items, which: str = "trained", branches=None) -> float:
+  def evaluate(self, items, which: str = "trained") -> float:
     """Mean target-token cross-entropy on `items` (val loss): the trained or the naive cache
     path, or the text synthesizer (`which="text"`: needs items tokenized `with_text`)."""
     if which == "text":  # the same targets after the text synthesizer's prompt
       items = [dataclasses.replace(it, synth_prompt=it.text_prompt) for it in items]
-      branches = None
     sizes = batch_lib.batch_sizes(items)
     ce = tokens = 0.0
-    for i in range(0, len(items), self.micro):
-      chunk, n = pad_items(list(items[i:i + self.micro]), self.micro)
-      br = None if branches is None else pad_items(list(branches[i:i + self.micro]), self.micro)[0]
-      b = self.host_batch(chunk, br, sizes=sizes)
+    for chunk_items in _by_bucket(items, self.micro):
+      chunk, n = pad_items(chunk_items, self.micro)
+      b = self.host_batch(chunk, sizes=sizes)
       b["loss_mask"][n:] = 0.0  # padding examples score nothing
       dev = self._to_device(b, accum=False)
       with sharding.use_mesh(self.mesh, self.rules):
@@ -220,7 +193,12 @@ class Trainer:
   # ------------------------------------------------------------------ loop
   def fit(self, train: Sequence[Example], val: Sequence[Example] = (), *,
           until: int | None = None, progress: bool = True) -> History:
-    """Trains to `train.steps` (or stops after step `until`), resuming from the workdir."""
+    """Trains to `train.steps` (or stops after step `until`), resuming from the workdir.
+
+    Every `eval_every` steps: the val loss and, if `train.val_accuracy_examples` > 0, the
+    val answer accuracy (greedy cache synthesis, scored by containing the gold answers); the
+    adapter with the best val accuracy so far is kept in `WORKDIR/best_adapter`.
+    """
     cfg, t = self.cfg, self.cfg.train
     if not train:
       raise ValueError("no training examples")
@@ -228,73 +206,31 @@ class Trainer:
     ckpts = Checkpoints(f"{workdir}/checkpoints", max_to_keep=t.keep_checkpoints)
     writer = ScalarWriter(f"{workdir}/tensorboard")
     hist = History()
-    start = 0
-    latest = ckpts.latest_step()
-    if latest is not None:
-      self.trainable, self.opt_state, meta = ckpts.restore(latest, self.trainable, self.opt_state,
-                                                           self.signature)
-      start = latest
-      if meta["examples_seen"] != start * t.batch_size:
-        raise ValueError(f"checkpoint {latest} has seen {meta['examples_seen']} examples; "
-                         f"batch_size={t.batch_size} would need {start * t.batch_size}")
-      log.info("resumed from %s at step %d", ckpts.directory, start)
+    start = self._resume(ckpts)
+    hist.best = val_accuracy.read_best(workdir)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
     val_items = self.tokenize(val, with_text=True) if val else []
+    acc_examples = list(val)[:int(t.val_accuracy_examples)]
     sizes = batch_lib.batch_sizes(train_items, with_text=t.kl_weight > 0)
-    train_br = val_br = None
-    if t.cache_branches:
-      train_br = self.encode_all(train_items, "train branch caches")
-      val_br = self.encode_all(val_items, "val branch caches") if val_items else None
+    sampler = Sampler([batch_lib.branch_bucket(len(it.worker_prompts)) for it in train_items],
+                      t.batch_size, cfg.seed)
     if val_items:
-      hist.naive_eval = self.evaluate(val_items, "naive", val_br)
-      hist.text_eval = self.evaluate(val_items, "text")
-      writer.write(start, {"eval/naive_loss": hist.naive_eval, "eval/text_loss": hist.text_eval})
+      self._baselines(hist, val_items, acc_examples, writer, start)
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
                disable=not progress or jax.process_index() != 0)
-    last_good = latest
+    last_good = start or None
     try:
       for s in bar:
-        idx = batch_indices(len(train_items), s, t.batch_size, cfg.seed)
-        host = self.host_batch([train_items[i] for i in idx],
-                               None if train_br is None else [train_br[i] for i in idx],
-                               with_text=t.kl_weight > 0, sizes=sizes)
-        # Tokens run through the model this step: the synthesizer rows (forward + backward),
-        # and the workers' rows too unless their branch caches were computed once up front.
-        n_tok = int((host["synth_positions"] >= 0).sum() + (
-            0 if train_br is not None else (host["worker_positions"] >= 0).sum()))
-        batch = self._to_device(split_accum(host, self.accum), accum=True)
-        t0 = time.perf_counter()
-        with sharding.use_mesh(self.mesh, self.rules):
-          self.trainable, self.opt_state, m = self._step(self.trainable, self.frozen,
-                                                         self.opt_state, batch)
-        m = {k: float(fetch(v)) for k, v in m.items()}
-        dt = time.perf_counter() - t0
         step = s + 1
-        if not math.isfinite(m["loss"]):
-          raise FloatingPointError(
-              f"loss is {m['loss']} at step {step}; training stopped. The last good checkpoint "
-              f"(step {last_good}) is kept in {ckpts.directory}")
-        if s == start:
-          hist.compile_s = dt
-        else:
-          hist.step_s.append(dt)
-          hist.tokens_per_s.append(n_tok / dt)
+        items = [train_items[i] for i in sampler.indices(s)]
+        m = self._train_step(items, sizes, hist, s == start, step, last_good, ckpts)
         hist.losses.append(m["loss"])
         hist.steps.append(step)
-        scalars = {"train/loss": m["loss"], "train/perplexity": m["perplexity"],
-                   "train/lr": float(self.schedule(s)), "train/grad_norm": m["grad_norm"],
-                   "train/tokens_per_s": n_tok / dt, "train/target_tokens": m["tokens"]}
-        if t.kl_weight > 0:
-          scalars.update({"train/ce": m["ce"], "train/kl": m["kl"]})
-        writer.write(step, scalars)
+        writer.write(step, {f"train/{k}": v for k, v in m.items()})
         bar.set_postfix(loss=f"{m['loss']:.4f}")
         if val_items and (step % t.eval_every == 0 or step == end):
-          v = self.evaluate(val_items, "trained", val_br)
-          hist.eval.append((step, v))
-          writer.write(step, {"eval/loss": v})
-          log.info("step %d: train loss %.4f, val loss %.4f (naive %.4f)", step, m["loss"], v,
-                   hist.naive_eval)
+          self._validate(hist, val_items, acc_examples, writer, step, workdir)
         if step % t.save_every == 0 or step == end:
           ckpts.save(step, self.trainable, self.opt_state,
                      {"examples_seen": step * t.batch_size, "signature": self.signature})
@@ -305,6 +241,101 @@ class Trainer:
       ckpts.close()
       writer.close()
     return hist
+
+  def _resume(self, ckpts: Checkpoints) -> int:
+    """Restores the latest checkpoint, if any; returns its step (0 for a fresh run)."""
+    latest = ckpts.latest_step()
+    if latest is None:
+      return 0
+    self.trainable, self.opt_state, meta = ckpts.restore(latest, self.trainable, self.opt_state,
+                                                         self.signature)
+    bs = self.cfg.train.batch_size
+    if meta["examples_seen"] != latest * bs:
+      raise ValueError(f"checkpoint {latest} has seen {meta['examples_seen']} examples; "
+                       f"batch_size={bs} would need {latest * bs}")
+    log.info("resumed from %s at step %d", ckpts.directory, latest)
+    return latest
+
+  def _train_step(self, items, sizes, hist: History, first: bool, step: int, last_good,
+                  ckpts: Checkpoints) -> dict[str, float]:
+    """One optimizer step on `items`; returns its scalars (loss, lr, tokens/s, ...)."""
+    t = self.cfg.train
+    host = self.host_batch(items, with_text=t.kl_weight > 0, sizes=sizes)
+    # Tokens run through the model: the workers' rows (forward) and the synthesizer rows
+    # (forward + backward).
+    n_tok = int((host["synth_positions"] >= 0).sum() + (host["worker_positions"] >= 0).sum())
+    batch = self._to_device(split_accum(host, self.accum), accum=True)
+    t0 = time.perf_counter()
+    with sharding.use_mesh(self.mesh, self.rules):
+      self.trainable, self.opt_state, m = self._step(self.trainable, self.frozen, self.opt_state,
+                                                     batch)
+    m = {k: float(fetch(v)) for k, v in m.items()}
+    dt = time.perf_counter() - t0
+    if not math.isfinite(m["loss"]):
+      raise FloatingPointError(
+          f"loss is {m['loss']} at step {step}; training stopped. The last good checkpoint "
+          f"(step {last_good}) is kept in {ckpts.directory}")
+    if first:
+      hist.compile_s = dt
+    else:
+      hist.step_s.append(dt)
+      hist.tokens_per_s.append(n_tok / dt)
+    out = {"loss": m["loss"], "perplexity": m["perplexity"],
+           "lr": float(self.schedule(step - 1)), "grad_norm": m["grad_norm"],
+           "tokens_per_s": n_tok / dt, "target_tokens": m["tokens"],
+           "branches": float(host["branch_lengths"].shape[1])}
+    if t.kl_weight > 0:
+      out.update(ce=m["ce"], kl=m["kl"])
+    return out
+
+  def _baselines(self, hist: History, val_items, acc_examples, writer, step: int) -> None:
+    """What training starts from and aims at: the naive cache path and text synthesis."""
+    hist.naive_eval = self.evaluate(val_items, "naive")
+    hist.text_eval = self.evaluate(val_items, "text")
+    scalars = {"eval/naive_loss": hist.naive_eval, "eval/text_loss": hist.text_eval}
+    if acc_examples:
+      hist.naive_accuracy = self.accuracy(acc_examples, "naive")
+      hist.text_accuracy = self.accuracy(acc_examples, "text")
+      scalars.update({"eval/naive_accuracy": hist.naive_accuracy,
+                      "eval/text_accuracy": hist.text_accuracy})
+    log.info("val baselines: %s", {k: round(v, 4) for k, v in scalars.items()})
+    writer.write(step, scalars)
+
+  def _validate(self, hist: History, val_items, acc_examples, writer, step: int,
+                workdir: str) -> None:
+    """Val loss (and accuracy) now; the adapter is kept if its accuracy is the best yet."""
+    v = self.evaluate(val_items, "trained")
+    hist.eval.append((step, v))
+    scalars = {"eval/loss": v}
+    if acc_examples:
+      acc = self.accuracy(acc_examples, "cache")
+      hist.accuracy.append((step, acc))
+      scalars["eval/accuracy"] = acc
+      if hist.best is None or acc > hist.best[1]:
+        hist.best = (step, acc)
+        self.save_adapter(f"{workdir}/best_adapter")
+        val_accuracy.write_best(workdir, step, acc, v)
+    writer.write(step, scalars)
+    log.info("step %d: val loss %.4f (naive %.4f, text %.4f)%s", step, v, hist.naive_eval,
+             hist.text_eval, f", val accuracy {hist.accuracy[-1][1]:.3f} (naive "
+             f"{hist.naive_accuracy:.3f}, text {hist.text_accuracy:.3f})" if acc_examples else "")
+
+  def accuracy(self, examples: Sequence[Example], method: str) -> float:
+    """Share of `examples` whose greedy synthesis (`method`: cache = the adapter as trained
+    now, naive, text) contains every gold answer: `val_accuracy.score`."""
+    synth = self.synthesizer() if method == "cache" else None
+    return val_accuracy.accuracy(self._inference(synth), examples, method,
+                                 None if synth is None else synth.mapper, self.cfg)
+
+  def _inference(self, synth):
+    """A `Loaded` over this trainer's model for greedy synthesis, built once (compiled once);
+    its weights are the trained ones when `synth` is given."""
+    if getattr(self, "_infer", None) is None:
+      self._infer = val_accuracy.inference_model(self.loaded, self.split.merge(
+          self.host_trainable()).model)
+    if synth is not None:
+      self._infer.engine.state = nnx.state(synth.model)
+    return self._infer
 
   def host_trainable(self) -> dict:
     """The trainable parameters gathered to host numpy on every process."""

@@ -1,0 +1,78 @@
+"""Validation answer accuracy while training: greedy synthesis of held-out examples, batched,
+scored by whether the reply names every gold answer (as the evaluation's evidence tasks do).
+
+The gold answers of an example are `meta["answers"]` (the data builders set them), else its
+target without the final period. The best adapter so far and its accuracy are kept under
+the workdir (`best_adapter/`, `best.json`), so a resumed run keeps comparing against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from psynth import atomic
+from psynth.data.example import Example
+from psynth.eval.metrics import contains_answer
+from psynth.loading import Loaded
+from psynth.model.lora import Adapter
+from psynth.synthesis.generate import SamplingConfig
+from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
+from psynth.train.batch import branch_bucket
+
+BEST = "best.json"
+
+
+def gold_answers(ex: Example) -> list[str]:
+  return list(ex.meta.get("answers") or [ex.target.strip().rstrip(".")])
+
+
+def score(reply: str, ex: Example) -> bool:
+  return all(contains_answer(reply, g) for g in gold_answers(ex))
+
+
+def inference_model(loaded: Loaded, model) -> Loaded:
+  """`loaded` with `model` (the trainer's: base + LoRA) in place of its own."""
+  return Loaded(model, loaded.tokenizer, loaded.config, loaded.path, loaded.eos_ids)
+
+
+def replies(infer: Loaded, examples: Sequence[Example], method: str, adapter: Adapter | None,
+            *, batch: int, branch_slots: int, max_new_tokens: int) -> list[str]:
+  """Greedy replies of `method` to every example, `batch` examples at a time (grouped by
+  branch bucket, branch caches padded to `branch_slots`: a few compiled shapes)."""
+  order = sorted(range(len(examples)), key=lambda i: branch_bucket(len(examples[i].branch_inputs)))
+  out: dict[int, str] = {}
+  for k in range(0, len(order), batch):
+    idx = order[k:k + batch]
+    exs = [examples[i] for i in idx]
+    fixed = all(ex.meta.get("fixed") for ex in exs)
+    br = fan_out_batch(infer, [ex.question for ex in exs],
+                       None if fixed else [ex.branch_inputs for ex in exs],
+                       outputs=[ex.branch_outputs for ex in exs], min_branch_slots=branch_slots)
+    res = synthesize_batch(infer, [ex.question for ex in exs], method=method, adapter=adapter,
+                           prepared=br, sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+    out.update({i: r.answer for i, r in zip(idx, res)})
+  return [out[i] for i in range(len(examples))]
+
+
+def accuracy(infer: Loaded, examples: Sequence[Example], method: str, mapper, cfg) -> float:
+  """Share of `examples` whose reply names every gold answer."""
+  adapter = Adapter(mapper, lora=True) if method == "cache" else None
+  got = replies(infer, examples, method, adapter, batch=int(cfg.train.val_batch),
+                branch_slots=int(cfg.data.max_branch_tokens),
+                max_new_tokens=int(cfg.data.max_target_tokens))
+  return sum(score(r, ex) for r, ex in zip(got, examples)) / max(len(examples), 1)
+
+
+def read_best(workdir: str) -> tuple[int, float] | None:
+  path = Path(workdir) / BEST
+  if not path.exists():
+    return None
+  d = json.loads(path.read_text())
+  return int(d["step"]), float(d["accuracy"])
+
+
+def write_best(workdir: str, step: int, accuracy: float, loss: float) -> None:
+  atomic.write_text(Path(workdir) / BEST, json.dumps(
+      {"step": step, "accuracy": accuracy, "val_loss": loss}, indent=1) + "\n")
