@@ -12,6 +12,9 @@ from psynth.data.main import default_config as data_config
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # JAX's persistent compilation cache for the command line: "" = $PSYNTH_CACHE/xla (else
+  # ~/.cache/psynth/xla), a directory, or "none" (off). A rerun compiles nothing.
+  c.compile_cache = ""
   c.workdir = "runs/smollm2_135m"  # train: TensorBoard events, checkpoints/, adapter/
   # "smollm2-135m-instruct" (embedded, no hub), an HF checkpoint dir, a .gguf file or a hub id.
   c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32"))
@@ -32,8 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
       keep_checkpoints=3,
-      # Val answer accuracy (greedy synthesis, `val_batch` examples at a time) on the first
-      # `val_accuracy_examples` val examples at every eval; the best adapter is kept by it.
+      # Val answer accuracy (greedy synthesis, `val_batch` examples at a time) on
+      # `val_accuracy_examples` val examples spread over the file, at every eval; the best
+      # adapter is kept by it.
       val_accuracy_examples=64, val_batch=16))
   # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
   # the word budget of an evidence chunk; lengths and mode come from `synthesis`.

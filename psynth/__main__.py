@@ -114,6 +114,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"usage: python -m psynth COMMAND [flags]; commands: {listing}")
   logging.getLogger().setLevel(logging.INFO)
   cfg = _CONFIG.value
+  from psynth import compile_cache
+  compile_cache.enable(cfg.get("compile_cache", ""))
   if argv[1] == "synthesize":
     _synthesize(cfg)
   elif argv[1] == "generate":

@@ -260,7 +260,8 @@ def test_qwen3_14b_config_shapes(tmp_path):
   train_step = step_lib.make_train_step(split, tx, mode="shared_start", kl_weight=0.0)
   accum, micro, N, W, T = 2, 2, 3, 64, 32
   i32 = lambda *s: jax.ShapeDtypeStruct(s, np.int32)
-  batch = dict(worker_tokens=i32(accum, micro * N, W), worker_positions=i32(accum, micro * N, W),
+  batch = dict(prefix_tokens=i32(accum, micro, 16), prefix_positions=i32(accum, micro, 16),
+               worker_tokens=i32(accum, micro * N, W), worker_positions=i32(accum, micro * N, W),
                out_start=i32(accum, micro * N), branch_lengths=i32(accum, micro, N),
                synth_tokens=i32(accum, micro, T), synth_positions=i32(accum, micro, T),
                loss_mask=jax.ShapeDtypeStruct((accum, micro, T), np.float32))

@@ -1,9 +1,11 @@
 """Examples with saved branches -> fixed-shape numpy batches for the train step (host side).
 
 A batch holds, for B examples of N branches each:
-- the worker rows `[B*N, W]`: worker prompt p_i ++ branch output o_i (row b*N + j is branch j
-  of example b), positions 0.. and -1 for padding, and `out_start` = |p_i|: the branch cache
-  is the K/V of slots >= out_start only;
+- the workers' shared prefix `[B, P]`: the tokens all of an example's worker prompts start
+  with (system, question, instruction), run once per example, positions 0..;
+- the worker rows `[B*N, W]`: the rest of worker prompt p_i ++ branch output o_i (row b*N + j
+  is branch j of example b), positions after the prefix and -1 for padding, and `out_start`:
+  the index in the row where o_i starts (the branch cache is the K/V of o_i only);
 - the synthesizer rows `[B, T]`: synthesizer prompt (no worker text) ++ target ++ stop token,
   positions relative to the start of the synthesizer prompt; `loss_mask[b, t]` is 1 where
   token t+1 is a target token (the prediction made at t is scored);
@@ -25,6 +27,7 @@ import numpy as np
 from psynth.data.example import Example
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.generate import bucket
+from psynth.synthesis.prompts import common_prefix_len
 
 BRANCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # examples are padded to the next of these
 
@@ -70,9 +73,20 @@ def tokenize(tokenizer, ex: Example, stop_id: int, *, system: str = prompts.DEFA
   return Tokenized(worker, outs, synth, target, text)
 
 
+def prefix_len(it: Tokenized) -> int:
+  """How many tokens all of the example's worker prompts share (run once, not N times)."""
+  return common_prefix_len(it.worker_prompts)
+
+
+def row_len(it: Tokenized) -> int:
+  """The longest worker row after the shared prefix: rest of the prompt ++ output."""
+  P = prefix_len(it)
+  return max(len(p) - P + len(o) for p, o in zip(it.worker_prompts, it.branch_outputs))
+
+
 def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
             with_text: bool = False) -> dict[str, np.ndarray]:
-  """Pads B tokenized examples into arrays; `sizes` fixes N/W/T/Tt (else the batch's own,
+  """Pads B tokenized examples into arrays; `sizes` fixes N/P/W/T/Tt (else the batch's own,
   bucketed). An example with fewer than N branches gets empty rows (no token, length 0)."""
   sizes = dict(sizes or {})
   N = sizes.get("N") or branch_bucket(max(len(it.worker_prompts) for it in items))
@@ -80,16 +94,17 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
     raise ValueError(f"an example has {max(len(it.worker_prompts) for it in items)} branches; "
                      f"the batch holds N={N}")
   B = len(items)
-  pad = lambda it, rows: list(rows) + [[]] * (N - len(rows))
-  rows = [p + o for it in items
-          for p, o in zip(pad(it, it.worker_prompts), pad(it, it.branch_outputs))]
+  Ps = [prefix_len(it) for it in items]
   synth = [it.synth_prompt + it.target for it in items]
-  W = sizes.get("W") or bucket(max(map(len, rows)))
+  P = sizes.get("P") or bucket(max(Ps))
+  W = sizes.get("W") or bucket(max(map(row_len, items)))
   T = sizes.get("T") or bucket(max(map(len, synth)))
-  if max(map(len, rows)) > W or max(map(len, synth)) > T:
-    raise ValueError(f"batch needs W={max(map(len, rows))}, T={max(map(len, synth))}; "
-                     f"sizes given {sizes}")
+  if max(Ps) > P or max(map(row_len, items)) > W or max(map(len, synth)) > T:
+    raise ValueError(f"batch needs P={max(Ps)}, W={max(map(row_len, items))}, "
+                     f"T={max(map(len, synth))}; sizes given {sizes}")
   out = dict(
+      prefix_tokens=np.zeros((B, P), np.int32),
+      prefix_positions=np.full((B, P), -1, np.int32),
       worker_tokens=np.zeros((B * N, W), np.int32),
       worker_positions=np.full((B * N, W), -1, np.int32),
       out_start=np.zeros((B * N,), np.int32),
@@ -98,13 +113,15 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
       synth_positions=np.full((B, T), -1, np.int32),
       loss_mask=np.zeros((B, T), np.float32),
   )
-  for r, row in enumerate(rows):
-    out["worker_tokens"][r, :len(row)] = row
-    out["worker_positions"][r, :len(row)] = np.arange(len(row))
-  for b, it in enumerate(items):
-    n = len(it.worker_prompts)
-    out["out_start"][b * N:b * N + n] = [len(p) for p in it.worker_prompts]
-    out["branch_lengths"][b, :n] = [len(o) for o in it.branch_outputs]
+  for b, (it, Pb) in enumerate(zip(items, Ps)):
+    out["prefix_tokens"][b, :Pb] = it.worker_prompts[0][:Pb]
+    out["prefix_positions"][b, :Pb] = np.arange(Pb)
+    for j, (p, o) in enumerate(zip(it.worker_prompts, it.branch_outputs)):
+      row, r = p[Pb:] + o, b * N + j
+      out["worker_tokens"][r, :len(row)] = row
+      out["worker_positions"][r, :len(row)] = Pb + np.arange(len(row))
+      out["out_start"][r] = len(p) - Pb
+    out["branch_lengths"][b, :len(it.branch_outputs)] = [len(o) for o in it.branch_outputs]
     seq = synth[b]
     out["synth_tokens"][b, :len(seq)] = seq
     out["synth_positions"][b, :len(seq)] = np.arange(len(seq))
@@ -126,10 +143,20 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
 
 
 def batch_sizes(items: Sequence[Tokenized], with_text: bool = False) -> dict[str, int]:
-  """Bucketed W/T/Tt that fit every item: fix them for a whole run to compile once."""
-  sizes = dict(W=bucket(max(len(p) + len(o) for it in items
-                            for p, o in zip(it.worker_prompts, it.branch_outputs))),
+  """Bucketed P/W/T/Tt that fit every item: fixed for a whole run (W per group: `groups`)."""
+  sizes = dict(P=bucket(max(map(prefix_len, items))), W=bucket(max(map(row_len, items))),
                T=bucket(max(len(it.synth_prompt) + len(it.target) for it in items)))
   if with_text:
     sizes["Tt"] = bucket(max(len(it.text_prompt) + len(it.target) for it in items))
   return sizes
+
+
+def groups(items: Sequence[Tokenized]) -> tuple[list[tuple[int, int]], dict[str, int]]:
+  """Each item's shape group (N bucket, W) and the run's fixed sizes. Rows are padded to one
+  of two lengths, the bucket of the median row and of the longest, so short examples (most
+  of them) do not pay for the longest one; a run compiles one step per group."""
+  lens = np.array([row_len(it) for it in items])
+  short, full = bucket(int(np.median(lens))), bucket(int(lens.max()))
+  keys = [(branch_bucket(len(it.worker_prompts)), short if n <= short else full)
+          for it, n in zip(items, lens)]
+  return keys, batch_sizes(items)

@@ -1,8 +1,9 @@
 """The training objective as pure functions: branch caches -> cache path -> target loss.
 
 Everything a train step computes from a batch (see `psynth.train.batch`):
-1. `branch_caches`: the workers' rows p_i ++ o_i through the *base* model (LoRA off), keeping
-   only the slots of o_i valid: the branch caches, as at inference.
+1. `branch_caches`: the workers' shared prefix (once per example), then their rows (rest of
+   p_i ++ o_i) through the *base* model (LoRA off), keeping only the slots of o_i valid:
+   the branch caches, as at inference.
 2. `synth_logits`: re-encode (shared_start or sequential), calibrate with the mapper, merge,
    and run the synthesizer rows (prompt ++ target) after the merged span with the LoRA on.
 3. `loss_terms`: summed cross-entropy over target tokens (and, optionally, summed KL from the
@@ -22,14 +23,22 @@ from psynth.model import rope
 from psynth.model.transformer import Transformer, forward, init_cache
 
 
-def branch_caches(model: Transformer, worker_tokens, worker_positions, out_start) -> KVCache:
-  """`[L, B*N, W]` caches whose valid slots are the branch outputs o_i (at positions |p_i|+j)."""
+def branch_caches(model: Transformer, prefix_tokens, prefix_positions, worker_tokens,
+                  worker_positions, out_start) -> KVCache:
+  """`[L, B*N, W]` caches whose valid slots are the branch outputs o_i (at positions |p_i|+j).
+
+  The B prefixes `[B, P]` are run once and tiled to the N rows of their example; each row
+  (`[B*N, W]`) then runs after its prefix."""
+  B, P = prefix_tokens.shape
   BN, W = worker_tokens.shape
-  cache = init_cache(model.config, BN, W)
-  _, cache = forward(model, worker_tokens, worker_positions, cache, last_only=True,
+  cache = init_cache(model.config, B, P + W)
+  _, cache = forward(model, prefix_tokens, prefix_positions, cache, last_only=True,
                      attend_cache=False, lora=False)
+  _, cache = forward(model, worker_tokens, worker_positions, ops.tile_rows(cache, BN // B),
+                     last_only=True, lora=False)
+  rows = ops.take_slots(cache, P, W)
   keep = jnp.arange(W)[None, :] >= out_start[:, None]
-  return jax.lax.stop_gradient(cache.replace(valid=cache.valid & keep))
+  return jax.lax.stop_gradient(rows.replace(valid=rows.valid & keep))
 
 
 def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
@@ -78,8 +87,8 @@ def compute(model: Transformer, mapper, batch, *, mode: str = "shared_start", lo
             kl: bool = False) -> dict[str, jax.Array]:
   """All loss sums of one (micro-)batch. The branch caches are computed here, per batch, from
   the workers' rows (memory does not grow with the data set)."""
-  branches = branch_caches(model, batch["worker_tokens"], batch["worker_positions"],
-                           batch["out_start"])
+  branches = branch_caches(model, batch["prefix_tokens"], batch["prefix_positions"],
+                           batch["worker_tokens"], batch["worker_positions"], batch["out_start"])
   logits = synth_logits(model, mapper, branches, batch["branch_lengths"], batch["synth_tokens"],
                         batch["synth_positions"], mode=mode, lora=lora)
   teacher = (text_logits(model, batch["teacher_tokens"], batch["teacher_positions"])

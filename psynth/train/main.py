@@ -52,7 +52,7 @@ def run(cfg):
       lines.append(f"train loss: first {hist.losses[0]:.4f}, last {hist.losses[-1]:.4f}")
     if hist.step_s:
       lines.append(f"step time median {np.median(hist.step_s):.3f} s, "
-                   f"{np.median(hist.tokens_per_s):.0f} tokens/s (first step incl. compile "
+                   f"{np.median(hist.tokens_per_s):.0f} tokens/s (first step of each shape incl. compile: "
                    f"{hist.compile_s:.1f} s)")
     if hist.naive_eval is not None and hist.eval:
       lines.append(f"held-out loss: naive cache path {hist.naive_eval:.4f}, trained "

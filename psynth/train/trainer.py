@@ -62,12 +62,14 @@ def split_accum(arrays: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarr
   return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in arrays.items()}
 
 
-def _by_bucket(items: Sequence, size: int) -> list[list]:
-  """`items` in chunks of at most `size`, each of one branch bucket (one compiled shape)."""
-  groups: dict[int, list] = {}
-  for it in items:
-    groups.setdefault(batch_lib.branch_bucket(len(it.worker_prompts)), []).append(it)
-  return [g[i:i + size] for _, g in sorted(groups.items()) for i in range(0, len(g), size)]
+def _by_group(items: Sequence, size: int) -> list[tuple[dict, list]]:
+  """(sizes, chunk of at most `size` items) for every shape group (one compiled shape each)."""
+  keys, sizes = batch_lib.groups(items)
+  members: dict[tuple, list] = {}
+  for key, it in zip(keys, items):
+    members.setdefault(key, []).append(it)
+  return [(dict(sizes, N=k[0], W=k[1]), g[i:i + size]) for k, g in sorted(members.items())
+          for i in range(0, len(g), size)]
 
 
 def pad_items(items: list, multiple: int) -> tuple[list, int]:
@@ -89,7 +91,7 @@ class History:
   best: tuple[int, float] | None = None  # (step, val accuracy) of the best adapter
   step_s: list[float] = dataclasses.field(default_factory=list)
   tokens_per_s: list[float] = dataclasses.field(default_factory=list)
-  compile_s: float | None = None
+  compile_s: float = 0.0  # first steps of every shape group (compile included)
 
 
 def gather(x) -> np.ndarray:
@@ -165,10 +167,8 @@ class Trainer:
 
   def host_batch(self, items, with_text: bool = False,
                  sizes: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """A batch of tokenized examples as numpy. `sizes`: W/T/Tt fixed for a whole run and N
-    for this batch's branch bucket (one compiled step per bucket)."""
-    sizes = dict(sizes or {})
-    sizes.setdefault("N", batch_lib.branch_bucket(max(len(it.worker_prompts) for it in items)))
+    """A batch of tokenized examples as numpy. `sizes`: P/T/Tt fixed for a whole run, N and W
+    those of the batch's shape group (`batch.groups`: one compiled step per group)."""
     return batch_lib.collate(items, with_text=with_text, sizes=sizes)
 
   # ------------------------------------------------------------------ eval
@@ -177,9 +177,8 @@ class Trainer:
     path, or the text synthesizer (`which="text"`: needs items tokenized `with_text`)."""
     if which == "text":  # the same targets after the text synthesizer's prompt
       items = [dataclasses.replace(it, synth_prompt=it.text_prompt) for it in items]
-    sizes = batch_lib.batch_sizes(items)
     ce = tokens = 0.0
-    for chunk_items in _by_bucket(items, self.micro):
+    for sizes, chunk_items in _by_group(items, self.micro):
       chunk, n = pad_items(chunk_items, self.micro)
       b = self.host_batch(chunk, sizes=sizes)
       b["loss_mask"][n:] = 0.0  # padding examples score nothing
@@ -210,21 +209,30 @@ class Trainer:
     hist.best = val_accuracy.read_best(workdir)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
     val_items = self.tokenize(val, with_text=True) if val else []
-    acc_examples = list(val)[:int(t.val_accuracy_examples)]
-    sizes = batch_lib.batch_sizes(train_items, with_text=t.kl_weight > 0)
-    sampler = Sampler([batch_lib.branch_bucket(len(it.worker_prompts)) for it in train_items],
-                      t.batch_size, cfg.seed)
+    k = min(int(t.val_accuracy_examples), len(val))
+    acc_examples = [val[i] for i in np.linspace(0, len(val) - 1, k).astype(int)] if k else []
+    keys, sizes = batch_lib.groups(train_items)
+    if t.kl_weight > 0:
+      sizes = batch_lib.batch_sizes(train_items, with_text=True)
+    group_ids = {k: i for i, k in enumerate(sorted(set(keys)))}
+    sampler = Sampler([group_ids[k] for k in keys], t.batch_size, cfg.seed)
+    log.info("%d training examples in %d shape groups (branches, row tokens): %s",
+             len(train_items), len(group_ids), sorted(group_ids))
     if val_items:
       self._baselines(hist, val_items, acc_examples, writer, start)
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
                disable=not progress or jax.process_index() != 0)
     last_good = start or None
+    compiled: set[tuple[int, int]] = set()
     try:
       for s in bar:
         step = s + 1
-        items = [train_items[i] for i in sampler.indices(s)]
-        m = self._train_step(items, sizes, hist, s == start, step, last_good, ckpts)
+        idx = sampler.indices(s)
+        N, W = keys[idx[0]]
+        m = self._train_step([train_items[i] for i in idx], dict(sizes, N=N, W=W), hist,
+                             (N, W) not in compiled, step, last_good, ckpts)
+        compiled.add((N, W))
         hist.losses.append(m["loss"])
         hist.steps.append(step)
         writer.write(step, {f"train/{k}": v for k, v in m.items()})
@@ -263,7 +271,8 @@ class Trainer:
     host = self.host_batch(items, with_text=t.kl_weight > 0, sizes=sizes)
     # Tokens run through the model: the workers' rows (forward) and the synthesizer rows
     # (forward + backward).
-    n_tok = int((host["synth_positions"] >= 0).sum() + (host["worker_positions"] >= 0).sum())
+    n_tok = int((host["synth_positions"] >= 0).sum() + (host["worker_positions"] >= 0).sum() +
+                (host["prefix_positions"] >= 0).sum())
     batch = self._to_device(split_accum(host, self.accum), accum=True)
     t0 = time.perf_counter()
     with sharding.use_mesh(self.mesh, self.rules):
@@ -276,7 +285,7 @@ class Trainer:
           f"loss is {m['loss']} at step {step}; training stopped. The last good checkpoint "
           f"(step {last_good}) is kept in {ckpts.directory}")
     if first:
-      hist.compile_s = dt
+      hist.compile_s += dt
     else:
       hist.step_s.append(dt)
       hist.tokens_per_s.append(n_tok / dt)
