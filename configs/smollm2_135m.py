@@ -35,17 +35,17 @@ def get_config() -> ml_collections.ConfigDict:
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
       keep_checkpoints=3,
-      # Val answer accuracy (greedy synthesis, `val_batch` examples at a time) on
-      # `val_accuracy_examples` val examples spread over the file, at every eval; the best
-      # adapter is kept by it.
-      val_accuracy_examples=64, val_batch=16))
+      # At every eval: the val loss on `val_examples` val examples spread over the file, and
+      # the val answer accuracy (greedy synthesis, `val_batch` examples at a time) on
+      # `val_accuracy_examples` of them; the best adapter is kept by accuracy.
+      val_examples=256, val_accuracy_examples=64, val_batch=16))
   # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
   # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
   # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the
   # adapter's training file when evaluating method psynth; "" keeps every example).
   c.eval = ml_collections.ConfigDict(dict(
       num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=120,
-      held_out_from=""))
+      held_out_from="", batch=16))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Several processes: a coordinator "host:port" with their count and this one's id, or

@@ -3,7 +3,7 @@
 Commands:
   synthesize fan out, then text vs cache synthesis (no flags: the built-in example)
              python -m psynth synthesize [--question "..." --branch "doc 1" --branch "doc 2"]
-                                         [--adapter=WORKDIR/adapter]
+                                         [--adapter=default|none|DIR]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
   data       training examples from the benchmark files, then their branches (generated once):
@@ -36,8 +36,10 @@ _BRANCH = flags.DEFINE_multi_string("branch", [], "synthesize: one worker input 
 _WHAT = flags.DEFINE_enum("what", "merged", ["merged", "peft", "reference", "psynth"],
                           "export: merged HF checkpoint, PEFT adapter, reference release "
                           "(cache_mapper.pt + judger_lora/) or psynth adapter dir.")
-_ADAPTER = flags.DEFINE_string("adapter", None, "synthesize, export, eval (method psynth): an adapter dir "
-                               "(psynth, PEFT or reference release), e.g. WORKDIR/adapter.")
+_ADAPTER = flags.DEFINE_string(
+    "adapter", None, "synthesize, eval (method psynth), export: a trained synthesizer: a name "
+    "shipped with psynth ('default', used when the flag is absent), 'none', or an adapter dir "
+    "(psynth, PEFT or reference release), e.g. WORKDIR/adapter.")
 _TASKS = flags.DEFINE_list("tasks", ["arc_easy", "hotpotqa"], "eval: tasks, comma-separated.")
 _METHODS = flags.DEFINE_list("methods", ["single", "text", "naive"],
                              "eval: single, text, naive, psynth (needs --adapter).")
@@ -75,14 +77,20 @@ def _synthesize(cfg) -> None:
   if bool(_QUESTION.value) != bool(_BRANCH.value):
     raise app.UsageError("pass both --question and at least one --branch, or neither "
                          "(the built-in example)")
-  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
+  # The shipped trained synthesizer by default; --adapter=none shows the untrained path only.
+  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype, adapter=_synth_adapter(cfg))
   s = cfg.synthesis
   kw = dict(question=_QUESTION.value, documents=_BRANCH.value) if _QUESTION.value else {}
-  if _ADAPTER.value:  # a trained synthesizer: its LoRA joins the model, its mapper the cache path
-    from psynth.convert.export import load_any_adapter
-    kw["adapter"] = psynth.Adapter(mapper=load_any_adapter(_ADAPTER.value, loaded.model), lora=True)
   print(demo.run(loaded, mode=s.mode, worker_tokens=s.worker_max_new_tokens,
                  answer_tokens=s.max_new_tokens, **kw))
+
+
+def _synth_adapter(cfg) -> str | None:
+  """--adapter, else the adapter shipped for the model as "default" (None if there is none)."""
+  from psynth import adapters
+  if _ADAPTER.value:
+    return _ADAPTER.value
+  return "default" if "default" in adapters.shipped(cfg.model.name) else None
 
 
 def _bench(cfg, what: str) -> None:
@@ -139,7 +147,7 @@ def main(argv: list[str]) -> None:
     d = cfg.dist
     sharding.init_distributed(d.coordinator, d.num_processes, d.process_id, d.auto)
     summary = runner.eval_main(cfg, _TASKS.value, _METHODS.value, _LIMIT.value, _OUTPUT_DIR.value,
-                               _ADAPTER.value, _NUM_SHARDS.value, _SHARD_ID.value,
+                               _synth_adapter(cfg), _NUM_SHARDS.value, _SHARD_ID.value,
                                gaia_dir=_GAIA_DIR.value)
     if summary is not None:
       print((Path(_OUTPUT_DIR.value) / "results.md").read_text())

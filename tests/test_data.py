@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 import string
+import types
 from pathlib import Path
 
 import ml_collections
 import pytest
 
-from psynth.data import build, procedural, sources
-from psynth.data.branches import generate_branches, load_examples
-from psynth.data.example import Example
+from psynth.data import build, facts, fixed, procedural, seeds, sources
+from psynth.data.branches import _filled, generate_branches, load_examples
+from psynth.data.chunks import fit_paragraph
+from psynth.data.example import Example, is_empty_branch
 from psynth.data.main import default_config, main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,6 +64,19 @@ def test_readers_on_the_real_files():
       f.name for f in dataclasses.fields(sources.DBotCase)}
 
 
+def test_readers_of_fixed_branch_sources(tmp_path):
+  essays = sources.read_essays(DATA)
+  assert len(essays) == 49 and essays[0].title == "addiction"
+  assert "We wouldn't want to stop it." in essays[0].sentences  # glued sentences split apart
+  assert (len(sources.read_corpus("hotpotqa", DATA)), len(sources.read_corpus("musique", DATA))
+          ) == (994, 1890)
+  for read in (sources.read_strategyqa, sources.read_essays):
+    with pytest.raises(FileNotFoundError, match=r"set \$PSYNTH_DATA to the folder holding"):
+      read(tmp_path)
+  with pytest.raises(ValueError, match=r"corpus 'wiki' unknown; choose from \['hotpotqa'"):
+    sources.read_corpus("wiki", DATA)
+
+
 def test_missing_field_is_named_with_file_and_index(tmp_path):
   (tmp_path / "gsm8k").mkdir()
   rows = [{"question": "1+1?", "answer": "2\n#### 2"}, {"question": "2+2?"}]
@@ -79,19 +95,21 @@ def test_missing_field_is_named_with_file_and_index(tmp_path):
 
 # --- builders ----------------------------------------------------------------------------------
 
+BUILT = dict(n_branches=3, seed=0, limit_per_source=30, val_fraction=0.2,
+             builders=build.DEFAULT_BUILDERS + ("dbot_context",))
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   out = tmp_path_factory.mktemp("built")
-  counts = build.build_dataset(DATA, out, n_branches=3, seed=0, limit_per_source=30,
-                               val_fraction=0.2)
+  counts = build.build_dataset(DATA, out, **BUILT)
   return out, counts, load_examples(out / "train.jsonl") + load_examples(out / "val.jsonl")
 
 
 def test_build_is_deterministic_and_split_by_question(built, tmp_path):
   out, counts, examples = built
   again = tmp_path / "again"
-  assert build.build_dataset(DATA, again, n_branches=3, seed=0, limit_per_source=30,
-                             val_fraction=0.2) == counts
+  assert build.build_dataset(DATA, again, **BUILT) == counts
   for f in ("train.jsonl", "val.jsonl"):
     assert (out / f).read_bytes() == (again / f).read_bytes()
   cheap = dict(n_branches=3, limit_per_source=30, val_fraction=0.2,
@@ -110,9 +128,16 @@ def test_build_is_deterministic_and_split_by_question(built, tmp_path):
   assert len({e.id for e in examples}) == len(examples)
   assert {e.source for e in val} == {e.source for e in train}  # every source held out a little
   for e in examples:
-    assert len(e.branch_inputs) == 3 and all(e.branch_inputs)
-    assert all(len(b.split()) <= 125 for b in e.branch_inputs), e.id
+    if e.meta.get("fixed"):  # finished branches, N drawn per record
+      assert e.branch_inputs == [""] * len(e.branch_outputs) and 2 <= len(e.branch_outputs) <= 8
+      assert not any(map(is_empty_branch, e.branch_outputs)), e.id
+    else:
+      assert len(e.branch_inputs) == 3 and all(e.branch_inputs)
+      assert all(len(b.split()) <= 125 for b in e.branch_inputs), e.id
     assert (e.target == "") == (e.kind == "distill")
+  assert {e.meta["builder"] for e in examples if e.meta.get("fixed")} == {
+      b for b in build.DEFAULT_BUILDERS if b.startswith("fixed_")}
+  assert not any(e.meta.get("fixed") for e in examples if e.kind == "distill")
   distill = [e for e in examples if e.kind == "distill"]
   by_id = {e.id: e for e in examples}
   assert distill and all(by_id[d.meta["distill_of"]].branch_inputs == d.branch_inputs and
@@ -139,7 +164,7 @@ def test_aggregation_puts_supporting_facts_in_different_branches(built):
 
 
 def test_procedural_targets_are_exact():
-  rng = lambda i: build._rng(0, "t", i)
+  rng = lambda i: seeds.rng(0, "t", i)
   for i in range(50):
     e = procedural.arith(i, 3, rng(i))
     counts = [int(re.search(r"has (\d+) ", b).group(1)) for b in e.branch_inputs]
@@ -152,6 +177,148 @@ def test_procedural_targets_are_exact():
     assert len(set(c.meta["fact_branches"])) == len(c.meta["fact_branches"]) >= 2
     assert c.target in c.branch_inputs[c.meta["fact_branches"][-1]]
     assert procedural.infer(i, 3, rng(i)).to_json() == procedural.infer(i, 3, rng(i)).to_json()
+
+
+# --- fixed branches ----------------------------------------------------------------------------
+
+FIXED_BUILDERS = tuple(b for b in build.DEFAULT_BUILDERS if b.startswith("fixed_"))
+
+
+@pytest.fixture(scope="module")
+def fixed_examples():
+  return build.build_examples(build.BuildConfig(builders=FIXED_BUILDERS, limit_per_source=200),
+                              DATA)
+
+
+def test_fixed_examples_hold_their_evidence_in_the_answer_branches(fixed_examples):
+  strategyqa = {q.id: q for q in sources.read_strategyqa(DATA)}
+  multihop = {q.id: q for q in sources.read_hotpotqa(root=DATA) + sources.read_musique(DATA)}
+  sizes: dict[str, set] = {}
+  first_sentence = []  # facts: is the fact where its branch starts?
+  for e in fixed_examples:
+    outs, homes, b = e.branch_outputs, e.meta["answer_branches"], e.meta["builder"]
+    assert e.meta["fixed"] and e.branch_inputs == [""] * len(outs) and 2 <= len(outs) <= 8
+    assert homes and set(homes) <= set(range(len(outs))) and not any(map(is_empty_branch, outs))
+    assert e.kind == ("context" if len(homes) == 1 else "aggregation"), e.id
+    assert e.meta["answers"] and all(a.lower() in e.target.lower() for a in e.meta["answers"])
+    assert len(homes) < len(outs) or (b == "fixed_arith" and e.question.startswith("Which"))
+    assert all(len(o.split()) <= 120 for o in outs), e.id
+    sizes.setdefault(b, set()).update(len(o.split()) for o in outs)
+    if b in ("fixed_facts", "fixed_facts_multi"):
+      family, partition, index = e.meta["group"].split("/")[1:]
+      p, asked = fixed.facts_record(family, partition, int(index))
+      assert partition == "train" and e.meta["attributes"] == asked
+      assert (e.question, e.target) == (facts.question(p, asked), facts.answer(p, asked))
+      where = [[h for h, o in enumerate(outs) if facts.fact(p, a) in o] for a in asked]
+      assert all(len(w) == 1 for w in where) and sorted(w[0] for w in where) == homes, e.id
+      first_sentence.append(outs[where[0][0]].startswith(facts.fact(p, asked[0])))
+      assert e.meta["answers"] == [p.values[a] for a in asked]
+      assert e.target.endswith(".") and all(v in e.target for v in e.meta["answers"])
+    elif b == "fixed_multihop":
+      q = multihop[e.meta["group"].split("/", 1)[1]]
+      assert sorted(outs[h] for h in homes) == sorted(
+          fit_paragraph(p, 120) for p in q.paragraphs if p.is_supporting) and e.target == q.answer
+    elif b == "fixed_strategyqa":
+      q = strategyqa[e.meta["group"].split("/", 1)[1]]
+      assert fixed.strategyqa_partition(q) == "train" and e.question == q.question
+      assert e.target == ("Yes." if q.answer else "No.")
+      assert all(any(s in outs[h] for h in homes) for s in q.explanation)
+    elif b == "fixed_chain":  # the answer is named in the last hop's branch only
+      named = [h for h, o in enumerate(outs) if re.search(rf"\b{re.escape(e.target)}\b", o)]
+      assert len(named) == 1 and named[0] in homes
+    else:
+      assert all(re.fullmatch(r"The \w+ of \w+ has \d+ \w+\.", outs[h]) for h in homes)
+  assert set(sizes) == set(FIXED_BUILDERS)
+  assert min(sizes["fixed_facts"]) <= 15 and max(sizes["fixed_facts"]) >= 100  # short to long
+  n_facts = {len(e.branch_outputs) for e in fixed_examples if e.meta["builder"] == "fixed_facts"}
+  assert n_facts == set(range(2, 9))
+  assert 0.1 < sum(first_sentence) / len(first_sentence) < 0.9  # a random place in its branch
+
+
+def test_procedural_fixed_families_scale_and_never_ask_an_eval_question():
+  assert len(build.BUILDERS["fixed_facts"](DATA)) == fixed.PROCEDURAL_COUNT == 10_000
+  assert len(build.BUILDERS["fixed_chain"](DATA)) == 10_000
+  assert len(build.BUILDERS["fixed_multihop"](DATA)) == 200 * fixed.VARIANTS
+  for family in ("facts", "facts_multi"):
+    held = fixed.eval_questions(family)
+    assert len(held) == fixed.EVAL_ITEMS  # every eval question is a different one
+    # The eval records run through the training builder: every one is dropped.
+    as_training = fixed.facts_items(family, partition="eval", count=40)(DATA)
+    assert [make(3, 120, seeds.rng(0, rec)) for rec, make in as_training] == [None] * 40
+    # Contents depend on partition and index only, never on the seed.
+    a = fixed.facts_example(family, "eval", 7, 3, 120, fixed.real_documents(DATA), seeds.rng(0))
+    b = fixed.facts_example(family, "eval", 7, 3, 120, fixed.real_documents(DATA), seeds.rng(1))
+    assert a.question == b.question and a.question in held and a.branch_outputs != b.branch_outputs
+
+
+def test_strategyqa_partition_is_fixed_by_the_question():
+  every = sources.read_strategyqa(DATA)
+  held, train = (fixed.strategyqa_questions(p, DATA) for p in ("eval", "train"))
+  assert len(every) == 2290 and (len(held), len(train)) == (800, 1490)
+  assert {q.question for q in held}.isdisjoint({q.question for q in train})  # one listed twice
+  assert every[0].answer and every[0].explanation[0].startswith("College commencement")
+  with pytest.raises(ValueError, match="partition 'test'; choose 'train' or 'eval'"):
+    fixed.strategyqa_questions("test", DATA)
+
+
+def _first_line(text: str) -> str:
+  return " ".join(text.strip().splitlines()[0].lower().split())
+
+
+def test_no_training_example_is_an_evaluation_item():
+  """Every default builder against every evaluation task that builds offline: no shared source
+  record (group "task/id", or the record id) and no shared question (normalised, compared whole
+  and by first line: eval questions add options and an answer format). A task that declares
+  `overlaps_training` (HotpotQA / MuSiQue) must really overlap."""
+  from psynth.eval.tasks import TASKS, BuildOptions, TaskUnavailable
+  train = build.build_examples(build.BuildConfig(limit_per_source=300), DATA)
+  assert {e.meta["builder"] for e in train} == set(build.DEFAULT_BUILDERS)
+  groups = {e.meta["group"] for e in train}
+  records = {g.split("/", 1)[1] for g in groups}
+  questions = {_first_line(e.question) for e in train} | {" ".join(e.question.lower().split())
+                                                          for e in train}
+  checked = []
+  for name, task in TASKS.items():
+    try:
+      items = task.build(BuildOptions(DATA, 3, 120))
+    except TaskUnavailable:
+      continue
+    shared = [it.id for it in items if f"{name}/{it.id}" in groups or it.id in records
+              or _first_line(it.question) in questions
+              or " ".join(it.question.lower().split()) in questions]
+    assert bool(shared) == task.overlaps_training, (name, shared[:5])
+    checked.append(name)
+  assert {"facts", "facts_multi", "strategyqa", "arc_easy_evidence", "arc_easy", "gsm8k", "dbot",
+          "hotpotqa", "musique"} <= set(checked)
+
+
+# --- empty branches ----------------------------------------------------------------------------
+
+def test_an_empty_branch_is_whitespace_only_and_is_dropped_on_load(tmp_path, caplog):
+  assert is_empty_branch("") and is_empty_branch(" \n\t") and not is_empty_branch(" 0 ")
+  ex = Example("gsm8k/train-6740/aggregation", "aggregation", "gsm8k", "q", ["a", "b"], "t",
+               meta={"group": "gsm8k/train-6740"})
+  # The failure seen in training: the worker's tokens were a newline, so its ids were not empty.
+  filled = _filled(ex, ([[198], [11, 12]], ["", "x"], "ans"), {"model": "m"})
+  assert filled.meta["empty_branches"] == [0]
+  ok = dataclasses.replace(ex, id="ok", branch_outputs=["a", "b"])
+  unflagged = dataclasses.replace(ex, id="old", branch_outputs=[" \n", "b"])  # written before
+  build.write_jsonl(tmp_path / "x.jsonl", [ok, filled, unflagged, ok])
+  with caplog.at_level(logging.INFO, logger="psynth.data.branches"):
+    assert [e.id for e in load_examples(tmp_path / "x.jsonl")] == ["ok", "ok"]
+  assert "dropped 2 examples with an empty branch" in caplog.text
+  assert len(load_examples(tmp_path / "x.jsonl", include_dropped=True)) == 4
+
+
+def test_generation_passes_fixed_examples_through_without_a_model(tmp_path):
+  examples = build.build_examples(build.BuildConfig(
+      builders=("fixed_facts", "fixed_strategyqa"), limit_per_source=3), DATA)
+  no_model = types.SimpleNamespace(path=Path("no-model"))  # any generate call would fail
+  out = tmp_path / "b.jsonl"
+  kw = dict(batch_examples=2, progress=False)
+  assert generate_branches(no_model, examples, out, **kw) == examples
+  assert load_examples(out) == examples
+  assert generate_branches(no_model, examples, out, **kw) == examples  # finished: resumes as is
 
 
 def test_dbot_inputs_never_carry_description_or_command(built):
@@ -215,7 +382,9 @@ def _tiny_examples() -> list[Example]:
   exs = build.build_examples(cfg)
   copy = dataclasses.replace(exs[0], id=exs[0].id + "/distill", kind="distill", target="",
                              meta=dict(exs[0].meta, distill_of=exs[0].id))
-  return exs + [copy]
+  finished = fixed.fixed_example("procedural", "procedural/test/0", "context", "Which town?",
+                                 ["Tornak is a town.", "Rain fell."], "Tornak.", [0], ["Tornak"])
+  return exs[:1] + [finished] + exs[1:] + [copy]  # the fixed one shares a batch
 
 
 def test_generation_resumes_to_the_same_file(tiny_loaded, tmp_path):
@@ -235,8 +404,9 @@ def test_generation_resumes_to_the_same_file(tiny_loaded, tmp_path):
   assert cut.read_bytes() == whole.read_bytes() and not partial.exists()
 
   got = load_examples(whole, include_dropped=True)
+  assert got[1] == examples[1]  # fixed: passed through untouched
   tok = tiny_loaded.tokenizer
-  for e in got:
+  for e in got[:1] + got[2:]:
     assert len(e.branch_outputs) == len(e.branch_inputs) and e.text_answer is not None
     assert e.meta["generation"] == dict(model="tiny", worker_tokens=6, answer_tokens=5)
     assert [tok.decode(t, skip_special_tokens=True).strip() for t in

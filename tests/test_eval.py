@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from psynth.data import facts, fixed
 from psynth.data.sources import data_dir
 from psynth.eval import readers, records, report
 from psynth.eval.runner import NO_ADAPTER, eval_main
@@ -163,6 +164,63 @@ def test_gold_reply_scores_correct(name, items):
   assert not TASKS[name].score("I do not know.", item).correct
 
 
+EVIDENCE = {"facts": 500, "facts_multi": 500, "strategyqa": 800, "arc_easy_evidence": 2376}
+
+
+@pytest.mark.parametrize("name", sorted(EVIDENCE))
+def test_evidence_tasks_are_fixed_branches_and_deterministic(name, items):
+  task, got = TASKS[name], items[name]
+  assert task.branching == "fixed" and len(got) == EVIDENCE[name] >= 300
+  assert len({it.id for it in got}) == len(got) and task.build(OPTS) == got
+  for it in got:
+    assert it.question.endswith(f"\n{task.answer_format}") and all(b.strip() for b in it.branches)
+    assert it.context == "\n\n".join(it.branches)
+  if name == "arc_easy_evidence":  # one branch per option, holding that option's passage
+    assert all(len(it.branches) == len(it.gold["options"]) for it in got)
+    assert got[0].branches[1].startswith('About option B ("Most ecosystems are found on land')
+  else:
+    assert {len(it.branches) for it in got} == {3}
+
+
+def test_facts_follow_the_seed_in_layout_only_and_need_two_branches(items):
+  reseeded = TASKS["facts"].build(BuildOptions(DATA, 3, 120, seed=1))
+  assert [it.question for it in reseeded] == [it.question for it in items["facts"]]
+  assert [it.branches for it in reseeded] != [it.branches for it in items["facts"]]
+  assert {len(it.branches) for it in TASKS["facts"].build(BuildOptions(DATA, 1, 120))} == {4}
+  p, asked = fixed.facts_record("facts", "eval", 0)
+  assert sum(facts.fact(p, asked[0]) in b for b in items["facts"][0].branches) == 1
+
+
+def test_evidence_scoring(items):
+  single, multi = items["facts"][0], items["facts_multi"][0]
+  score, other = TASKS["facts"].score, items["facts"][1].gold["values"][0]
+  value = single.gold["values"][0]
+  right = score(single.gold["answer"], single)
+  assert right.correct and right.f1 == 1.0
+  in_sentence = score(f"I believe the answer is the {value}, as the notes say.", single)
+  assert in_sentence.correct and 0 < in_sentence.f1 < 1
+  assert score(value, single).correct and score(value, single).f1 == 1.0
+  wrong = score(f"The {other}.", single)
+  assert not wrong.correct and wrong.f1 < 1 and not score("I do not know.", single).correct
+  values = multi.gold["values"]
+  assert TASKS["facts_multi"].score(" and ".join(values) + ".", multi).correct
+  assert not TASKS["facts_multi"].score(values[0] + ".", multi).correct  # one of them only
+
+  sqa = items["strategyqa"][0]
+  yes_no = TASKS["strategyqa"].score
+  gold, flip = sqa.gold, {"yes": "no", "no": "yes"}[sqa.gold]
+  assert yes_no(f"{gold.capitalize()}, the notes say so.", sqa).correct
+  assert yes_no(f"I know it: {gold}. Not {flip}.", sqa).correct  # the first yes/no counts
+  assert not yes_no(f"{flip.capitalize()}.", sqa).correct
+  assert yes_no("I cannot tell.", sqa).extracted is None
+
+  arc = items["arc_easy_evidence"][0]
+  assert TASKS["arc_easy_evidence"].score("The answer is A.", arc).correct
+  assert TASKS["arc_easy_evidence"].score("Sunlight is the source of energy for nearly all "
+                                          "ecosystems.", arc).correct
+  assert not TASKS["arc_easy_evidence"].score("B", arc).correct
+
+
 def test_code_tasks_run_canonical_solutions_in_the_sandbox(items):
   he = readers.read_humaneval(DATA)[0]
   reply = f"```python\n{he['prompt']}{he['canonical_solution']}```"
@@ -205,10 +263,15 @@ def test_psynth_without_adapter_says_how_to_get_one(cfg, tmp_path):
   assert "python -m psynth train" in str(e.value) and str(e.value) == NO_ADAPTER
 
 
+# Fields of a prediction that depend on how the run went (timings, batch size), not on what
+# it computed; everything else must be reproducible.
+RUN_FIELDS = ("ttft_s", "total_s", "batch")
+
+
 def _predictions(out: Path) -> dict:
   """task/method -> merged records without their timings."""
   return {f"{p.parent.name}/{p.stem}": [{k: v for k, v in r.items()
-                                         if k not in report.TIMING_FIELDS}
+                                         if k not in RUN_FIELDS}
                                         for r in records.read_jsonl(p)]
           for p in sorted((out / "predictions").glob("*/*.jsonl")) if ".shard-" not in p.name}
 
@@ -279,7 +342,7 @@ def test_interrupted_run_resumed_equals_uninterrupted(full_run, cfg, loaded, tmp
   gpqa = tmp_path / "predictions" / "gpqa_diamond"
   done = {m: len(records.read_jsonl(gpqa / f"{m}.{shard}.jsonl"))
           for m in ("single", "text", "naive")}
-  assert done == {"single": 2, "text": 1, "naive": 1}
+  assert done == {"single": 2, "text": 2, "naive": 0}  # method by method, batched
   with open(tmp_path / "predictions" / "gpqa_diamond" / f"text.{shard}.jsonl", "a") as f:
     f.write('{"id": "torn, the process died mid-li')  # a torn last line is cut on resume
   resumed = eval_main(cfg, RUN_TASKS, RUN_METHODS, **kw)

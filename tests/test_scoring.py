@@ -144,6 +144,21 @@ def test_squad_normalization_em_f1():
     metrics.token_f1("x", [])
 
 
+@pytest.mark.parametrize("reply, gold, named", [
+    ("The Brailith archive was founded by Sela Vorn.", "Sela Vorn", True),  # in a sentence
+    ("sela   VORN", "Sela Vorn", True),  # case and spacing
+    ("It opened in 1874.", "1874", True),
+    ("It opened in 18745.", "1874", False),  # whole words only
+    ("Vorn was there.", "Sela Vorn", False),  # part of the gold
+    ("It is painted red.", "the red", True),  # articles and punctuation do not count
+    ("Tornak", "Tornak.", True),
+    ("anything", "the", False),  # a gold of nothing is never named
+    (None, "x", False),
+])
+def test_contains_answer(reply, gold, named):
+  assert metrics.contains_answer(reply, gold) is named
+
+
 # --- classification (D-Bot root causes) ---------------------------------------------------
 
 DBOT_LABELS = ["highly deletes", "too many indexes", "highly concurrent updates",

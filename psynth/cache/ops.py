@@ -41,6 +41,14 @@ def position_delta(cache: KVCache, new_start_B: jax.Array) -> jax.Array:
   return jnp.where(cache.valid, delta_B[:, None], 0)
 
 
+def first_rows(cache: KVCache, n: int) -> KVCache:
+  """Rows [0, n) of every array (padding rows of a batch dropped)."""
+  if n == cache.batch:
+    return cache
+  return cache.replace(k=cache.k[:, :n], v=cache.v[:, :n], positions=cache.positions[:n],
+                       valid=cache.valid[:n])
+
+
 def tile_rows(cache: KVCache, n: int) -> KVCache:
   """Repeats every row n times (row b -> rows b*n .. b*n+n-1): one prefix, n workers."""
   rep = lambda a, axis: jnp.repeat(a, n, axis=axis)

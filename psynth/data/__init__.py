@@ -1,2 +1,3 @@
 """Training data: benchmark readers (`sources`), example builders (`real_tasks`, `procedural`,
-`build`), branch generation with the base model (`branches`) and the data command (`main`)."""
+`fixed` with `facts`, `build`), branch generation with the base model (`branches`) and the data
+command (`main`)."""

@@ -7,7 +7,8 @@ Workers run greedily on the base weights, batched across several examples at onc
 worker prompt of `batch_examples` examples in one generate call); the text synthesizer
 (`prompts.synth_text`, base model) then answers from their texts, batched the same way.
 `distill` examples take that answer as their target. Examples with the same question and
-branch inputs (a distill copy and its original) are generated once.
+branch inputs (a distill copy and its original) are generated once. Fixed-branch examples
+(`meta["fixed"]`) already have their outputs: they pass through untouched, nothing runs for them.
 
 Output is appended batch by batch to `<out>.partial` (flushed and fsynced); a rerun continues
 after the last complete batch, and the finished file is moved onto `<out>` (os.replace), so
@@ -20,26 +21,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tqdm import tqdm
 
 from psynth.data.build import write_jsonl
-from psynth.data.example import Example
-from psynth.loading import Loaded
+from psynth.data.example import Example, is_empty_branch
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.generate import SamplingConfig
 
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the front door sits above this module
+  from psynth.loading import Loaded
+
+
+def _has_empty_branch(ex: Example) -> bool:
+  """Flagged at generation, or (files written before the flag followed `is_empty_branch`) an
+  output that is whitespace only."""
+  return bool(ex.meta.get("empty_branches")) or any(is_empty_branch(o)
+                                                      for o in ex.branch_outputs or ())
+
 
 def load_examples(path: str | Path, *, include_dropped: bool = False) -> list[Example]:
-  """Examples from a jsonl file. Generated ones with an empty worker branch are skipped
-  (`meta["empty_branches"]`: training cannot encode an empty branch) unless `include_dropped`."""
+  """Examples from a jsonl file. Those with an empty branch output are skipped (training cannot
+  encode an empty branch; the count is logged) unless `include_dropped`."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"example file {path} does not exist")
-  out = []
+  out, dropped = [], 0
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
@@ -50,8 +63,12 @@ def load_examples(path: str | Path, *, include_dropped: bool = False) -> list[Ex
         raise ValueError(f"{path}:{n} is not valid JSON ({e.msg}); expected one example per "
                          "line") from None
       ex = Example.from_dict(d, where=f"{path}:{n}")
-      if include_dropped or not ex.meta.get("empty_branches"):
+      if include_dropped or not _has_empty_branch(ex):
         out.append(ex)
+      else:
+        dropped += 1
+  if dropped:
+    log.info("dropped %d examples with an empty branch from %s", dropped, path)
   return out
 
 
@@ -79,7 +96,7 @@ def _check_resume(done: Sequence[Example], examples: Sequence[Example], settings
       raise ValueError(f"{where} line {i + 1} holds example {d.id!r}, but the inputs given have "
                        f"{examples[i].id if i < len(examples) else 'no example'!r} there; it was "
                        "made from other inputs: delete it or pass the inputs it was made from")
-    if d.meta.get("generation") != settings:
+    if not d.meta.get("fixed") and d.meta.get("generation") != settings:
       raise ValueError(f"{where} line {i + 1} was generated with {d.meta.get('generation')}; this "
                        f"run uses {settings}: delete it or use the same settings")
 
@@ -106,7 +123,7 @@ def _generate(loaded: Loaded, batch: Sequence[Example], memo: dict[str, Generate
   """Runs workers, then the text synthesizer, for the batch's inputs not yet in `memo`."""
   decode = lambda t: loaded.tokenizer.decode(t, skip_special_tokens=True).strip()
   jobs: dict[str, Example] = {}
-  for ex in batch:
+  for ex in (e for e in batch if not e.meta.get("fixed")):
     s = _signature(ex)
     if s not in memo and s not in jobs:
       jobs[s] = ex
@@ -128,7 +145,7 @@ def _filled(ex: Example, gen: Generated, settings: dict) -> Example:
   """`ex` with its branches and text answer; a distill example's target is that answer."""
   ids, texts, answer = gen
   meta = dict(ex.meta, generation=settings, branch_token_ids=ids)
-  empty = [i for i, t in enumerate(ids) if not t]
+  empty = [i for i, t in enumerate(texts) if is_empty_branch(t)]
   if empty:
     meta["empty_branches"] = empty
   return dataclasses.replace(ex, branch_outputs=texts, text_answer=answer,
@@ -164,9 +181,10 @@ def generate_branches(loaded: Loaded, examples: Sequence[Example], out_path: str
   todo = list(examples[len(done):])
   if limit is not None:
     todo = todo[:limit]
-  rows = batch_examples * max(len(ex.branch_inputs) for ex in examples) if examples else 1
+  generated = [ex for ex in examples if not ex.meta.get("fixed")]
+  rows = batch_examples * max((len(ex.branch_inputs) for ex in generated), default=1)
   memo = {_signature(ex): (ex.meta["branch_token_ids"], ex.branch_outputs, ex.text_answer)
-          for ex in done}
+          for ex in done if not ex.meta.get("fixed")}
   partial.parent.mkdir(parents=True, exist_ok=True)
   with open(partial, "a", encoding="utf-8") as f, tqdm(
       total=len(examples), initial=len(done), desc=f"branches {out_path.name}", unit="ex",
@@ -174,7 +192,8 @@ def generate_branches(loaded: Loaded, examples: Sequence[Example], out_path: str
     for s in range(0, len(todo), batch_examples):
       batch = todo[s:s + batch_examples]
       _generate(loaded, batch, memo, settings, rows, batch_examples)
-      batch = [_filled(ex, memo[_signature(ex)], settings) for ex in batch]
+      batch = [ex if ex.meta.get("fixed") else _filled(ex, memo[_signature(ex)], settings)
+               for ex in batch]
       f.write("".join(ex.to_json() + "\n" for ex in batch))
       f.flush()
       os.fsync(f.fileno())

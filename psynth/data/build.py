@@ -8,18 +8,21 @@ Builders (`BUILDERS`) are named by what they make; each reads its records once a
 (`random.Random(f"{seed}:{builder}:{record id}")`), so an example does not change when the limit
 or the other builders do. The split holds out whole groups (a group = one source question, with
 all its kinds and its distill copy), a seeded `val_fraction` of every source's groups.
+
+`n_branches` is the N of the builders whose workers still have to run; the fixed-branch ones
+(`fixed_*`, see `fixed.py`) draw N in 2..8 per record. `DEFAULT_BUILDERS` is every builder
+but `dbot_context`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import random
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from psynth import atomic
-from psynth.data import procedural, real_tasks, sources
+from psynth.data import fixed, procedural, real_tasks, seeds, sources
+from psynth.data.chunks import clean
 from psynth.data.example import Example
 
 
@@ -30,11 +33,16 @@ def _multihop(reader, source, make):
 
 def _arc(split, passages, make):
   def items(root):
+    # The train and dev files repeat a few test questions (same stem, under other ids): they
+    # stay evaluation items (arc_easy, arc_challenge, arc_easy_evidence read the test files).
+    test = {clean(q.question).lower() for diff in sources.ARC_DIFFICULTIES
+            for q in sources.read_arc(diff, "test", root=root)}
     out = []
     for diff in sources.ARC_DIFFICULTIES:
       src = f"arc_{diff}"
       out += [(f"{diff}/{q.id}", lambda n, w, rng, q=q, src=src: make(q, src, n, w, rng))
-              for q in sources.read_arc(diff, split, passages=passages, root=root)]
+              for q in sources.read_arc(diff, split, passages=passages, root=root)
+              if clean(q.question).lower() not in test]
     return out
   return items
 
@@ -71,7 +79,16 @@ BUILDERS: dict[str, Callable] = {
     "procedural_chain": _procedural("chain"),
     "procedural_arith": _procedural("arith"),
     "procedural_infer": _procedural("infer"),
+    # Finished branches (`fixed.py`): no worker runs for them.
+    "fixed_facts": fixed.facts_items("facts"),
+    "fixed_facts_multi": fixed.facts_items("facts_multi"),
+    "fixed_multihop": fixed.multihop_items(),
+    "fixed_strategyqa": fixed.strategyqa_items,
+    "fixed_chain": fixed.procedural_items("chain"),
+    "fixed_arith": fixed.procedural_items("arith"),
 }
+# Not dbot_context: the dbot evaluation scores all 62 D-Bot cases, so none may be trained on.
+DEFAULT_BUILDERS = tuple(b for b in BUILDERS if b != "dbot_context")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +99,7 @@ class BuildConfig:
   val_fraction: float = 0.1
   max_words: int = 120  # per branch input (~170 SmolLM2 tokens)
   distill_fraction: float = 0.25  # of the non-procedural examples, copied as `distill`
-  builders: tuple[str, ...] = tuple(BUILDERS)
+  builders: tuple[str, ...] = DEFAULT_BUILDERS
 
   def __post_init__(self):
     unknown = [b for b in self.builders if b not in BUILDERS]
@@ -99,27 +116,18 @@ class BuildConfig:
                        f"max_words={self.max_words} >= 8")
 
 
-def _rng(*parts) -> random.Random:
-  return random.Random(":".join(str(p) for p in parts))
-
-
-def _hash01(*parts) -> float:
-  h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-  return int.from_bytes(h[:8], "big") / 2.0 ** 64
-
-
 def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Example]:
   """Every builder's examples (builders in order, records in seeded order), then distill copies."""
   out: list[Example] = []
   for name in cfg.builders:
     items = BUILDERS[name](root)
-    order = sorted(range(len(items)), key=lambda i: _hash01(cfg.seed, name, items[i][0]))
+    order = sorted(range(len(items)), key=lambda i: seeds.hash01(cfg.seed, name, items[i][0]))
     made = 0
     for i in order:
       if cfg.limit_per_source and made >= cfg.limit_per_source:
         break
       rec_id, make = items[i]
-      ex = make(cfg.n_branches, cfg.max_words, _rng(cfg.seed, name, rec_id))
+      ex = make(cfg.n_branches, cfg.max_words, seeds.rng(cfg.seed, name, rec_id))
       if ex is not None:
         ex.meta["builder"] = name
         out.append(ex)
@@ -130,11 +138,13 @@ def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Exa
 def distill_copies(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
   """Copies of a seeded `fraction` of the real-data examples with kind "distill" and no target yet.
 
-  Branch generation sets their target to the text synthesizer's answer (`text_answer`).
+  Branch generation sets their target to the text synthesizer's answer (`text_answer`); it
+  runs nothing for fixed-branch examples, so they get no copies.
   """
   out = []
   for ex in examples:
-    if ex.source != "procedural" and _hash01(seed, "distill", ex.id) < fraction:
+    if (ex.source != "procedural" and not ex.meta.get("fixed")
+        and seeds.hash01(seed, "distill", ex.id) < fraction):
       out.append(dataclasses.replace(ex, id=f"{ex.id}/distill", kind="distill", target="",
                                      meta=dict(ex.meta, distill_of=ex.id, gold=ex.target)))
   return out
@@ -148,12 +158,12 @@ def split(examples: Sequence[Example], val_fraction: float, seed: int
     groups.setdefault(ex.source, set()).add(ex.meta["group"])
   held = set()
   for source, gs in groups.items():
-    ranked = sorted(gs, key=lambda g: _hash01(seed, "split", g))
+    ranked = sorted(gs, key=lambda g: seeds.hash01(seed, "split", g))
     k = -(-len(ranked) * val_fraction // 1) if val_fraction else 0
     held.update(ranked[:int(k)])
   train = [ex for ex in examples if ex.meta["group"] not in held]
   val = [ex for ex in examples if ex.meta["group"] in held]
-  shuffle = lambda xs, tag: sorted(xs, key=lambda ex: _hash01(seed, tag, ex.id))
+  shuffle = lambda xs, tag: sorted(xs, key=lambda ex: seeds.hash01(seed, tag, ex.id))
   return shuffle(train, "train"), shuffle(val, "val")
 
 
@@ -165,7 +175,7 @@ def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
 def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, n_branches: int = 3,
                   seed: int = 0, limit_per_source: int = 200, val_fraction: float = 0.1,
                   max_words: int = 120, distill_fraction: float = 0.25,
-                  builders: Sequence[str] = tuple(BUILDERS)) -> dict[str, dict[str, int]]:
+                  builders: Sequence[str] = DEFAULT_BUILDERS) -> dict[str, dict[str, int]]:
   """Writes out_dir/train.jsonl and out_dir/val.jsonl; returns {split: {builder/kind: count}}."""
   cfg = BuildConfig(n_branches, seed, limit_per_source, val_fraction, max_words,
                     distill_fraction, tuple(builders))

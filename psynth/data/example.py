@@ -3,6 +3,7 @@
 Data builders make `Example`s without worker outputs; branch generation fills
 `branch_outputs` (and `text_answer`, what the text-concatenation synthesizer said) once with
 the base model and saves them, so training re-encodes saved branches and never regenerates.
+Fixed-branch examples (`meta["fixed"]`, see `fixed.py`) come with their outputs already set.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import json
 from typing import Any
 
 KINDS = ("context", "aggregation", "distill")
+
+
+def is_empty_branch(text: str) -> bool:
+  """A branch output with nothing to encode: training tokenizes the stripped text, so an output
+  of whitespace only gives it no token at all (even if the worker's tokens decoded to spaces
+  or newlines)."""
+  return text.strip() == ""
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ml_collections
 
-from psynth.data.build import BUILDERS, build_dataset
+from psynth.data.build import DEFAULT_BUILDERS, build_dataset
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       data_dir="",  # "" -> $PSYNTH_DATA, else ../shared/data next to the repository
       out_dir="data",  # train.jsonl, val.jsonl, *.branches.jsonl
-      builders=tuple(BUILDERS),
+      builders=DEFAULT_BUILDERS,  # build.BUILDERS has more (dbot_context), by name
       n_branches=3,
       seed=0,
       limit_per_source=200,  # records per builder; 0 = all

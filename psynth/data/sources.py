@@ -1,18 +1,21 @@
 """Readers for the official benchmark files: plain typed records, shared by training and evaluation.
 
-Every reader loads through `datasets.load_dataset("json", ...)` (offline: the json builder never
-contacts a hub) from a data directory (`data_dir`), checks the fields it needs and returns small
-frozen dataclasses. A record that lacks a required field (absent or null) raises ValueError
-naming the file, the record index and the field.
+Every reader of a record list loads through `datasets.load_dataset("json", ...)` (offline: the
+json builder never contacts a hub) from a data directory (`data_dir`), checks the fields it needs
+and returns small frozen dataclasses; files that are not record lists (a BIG-bench task, the
+HotpotQA corpus object, plain-text essays) are read directly. A record that lacks a required
+field (absent or null) raises ValueError naming the file, the record index and the field.
 
     from psynth.data import sources
     qs = sources.read_hotpotqa()          # 100 MultiHopQuestion, paragraphs included
     cases = sources.read_dbot()           # 62 DBotCase: alerts + metric series + labels only
+    sqa = sources.read_strategyqa()       # 2290 YesNoQuestion with their explanations
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
@@ -121,6 +124,15 @@ class DBotCase:
   alerts: tuple[Alert, ...]
   metrics: tuple[MetricSeries, ...]
   labels: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class YesNoQuestion:
+  """StrategyQA: a yes/no question and the explanation sentences that decide it."""
+  id: str  # "strategyqa-{index in the file}": BIG-bench examples carry no ids
+  question: str
+  answer: bool
+  explanation: tuple[str, ...]  # the target's sentences after its leading "Yes." / "No."
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -265,3 +277,69 @@ def read_dbot(root: str | Path | None = None) -> list[DBotCase]:
                           str(r.get("end_timestamp") or r.get("end_time")), alerts, metrics,
                           tuple(r["labels"])))
   return out
+
+
+def read_strategyqa(root: str | Path | None = None) -> list[YesNoQuestion]:
+  """StrategyQA in BIG-bench form: `input`, `target_scores` ({"Yes": 1, "No": 0}) and `target`
+  ("Yes. <explanation>"). Plain json: a BIG-bench task file is one object holding `examples`."""
+  path = _file(root, "strategyqa/task.json")
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist; set ${ENV_VAR} to the folder holding "
+                            "strategyqa/task.json (BIG-bench's strategyqa task)")
+  records = json.loads(path.read_text(encoding="utf-8")).get("examples")
+  if not isinstance(records, list):
+    raise ValueError(f"{path} has no 'examples' list; expected a BIG-bench task file")
+  out = []
+  for i, r in enumerate(records):
+    _need(r, ("input", "target_scores", "target"), path, i)
+    label = max(r["target_scores"], key=r["target_scores"].get)
+    if label not in ("Yes", "No") or not r["target"].startswith(f"{label}."):
+      raise ValueError(f"{path}: record {i} target_scores={r['target_scores']} and target "
+                       f"{r['target'][:20]!r}...; expected Yes/No scores and a target starting "
+                       "with the winning one")
+    out.append(YesNoQuestion(f"strategyqa-{i}", r["input"], label == "Yes",
+                             split_sentences(r["target"][len(label) + 1:])))
+  return out
+
+
+ESSAYS_DIR = "needle_haystack/PaulGrahamEssays"
+CORPUS_FILES = {"hotpotqa": "hotpotqa/hotpot_train_sample100_hipporag_corpus.json",
+                "musique": "musique/musique_train_sample100_hipporag_corpus.json"}
+# The essay files lost their paragraph breaks: "accelerating.We wouldn't" is two sentences.
+_GLUED = re.compile(r"(?<=[a-z][.!?])(?=[A-Z])")
+
+
+def read_essays(root: str | Path | None = None) -> list[Paragraph]:
+  """The needle-in-a-haystack essays (Paul Graham), one Paragraph per file, in file order."""
+  folder = data_dir(root) / ESSAYS_DIR
+  files = sorted(folder.glob("*.txt"))
+  if not files:
+    raise FileNotFoundError(f"no *.txt essays in {folder}; set ${ENV_VAR} to the folder holding "
+                            f"{ESSAYS_DIR}/")
+  return [Paragraph(f.stem, split_sentences(_GLUED.sub(" ", " ".join(
+      f.read_text(encoding="utf-8", errors="replace").split()))), False) for f in files]
+
+
+def read_corpus(source: str, root: str | Path | None = None) -> list[Paragraph]:
+  """The paragraph corpus of a multi-hop train sample (every question's paragraphs, each once).
+
+  HotpotQA's is one JSON object {title: [sentences]}, read with plain json; MuSiQue's a list of
+  {title, text} records.
+  """
+  if source not in CORPUS_FILES:
+    raise ValueError(f"corpus {source!r} unknown; choose from {sorted(CORPUS_FILES)}")
+  path = _file(root, CORPUS_FILES[source])
+  if source == "musique":
+    recs = load_records(path)
+    for i, r in enumerate(recs):
+      _need(r, ("title", "text"), path, i)
+    return [Paragraph(r["title"], split_sentences(r["text"]), False) for r in recs]
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist; set ${ENV_VAR} to the folder holding "
+                            f"{CORPUS_FILES[source]}")
+  corpus = json.loads(path.read_text(encoding="utf-8"))
+  if not isinstance(corpus, dict):
+    raise ValueError(f"{path} holds a {type(corpus).__name__}; expected an object {{title: "
+                     "[sentences]}}")
+  return [Paragraph(t, tuple(s.strip() for s in sents if s.strip()), False)
+          for t, sents in corpus.items()]

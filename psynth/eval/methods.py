@@ -1,18 +1,19 @@
-"""The methods on one item: the workers' fan-out (once per item) and each method's reply.
+"""The methods on a batch of items: the workers' fan-out (once per item) and each method's replies.
 
   single  one model, no workers: the question with all the evidence at once (`Item.context`)
   text    the workers' texts pasted into the synthesizer prompt, base model
   naive   the workers' caches re-encoded and merged; no mapper, no LoRA
   psynth  the same caches through the trained mapper, prefilled with the LoRA on
 
-Workers run once per item (batched `Engine.generate` on `prompts.worker`, the prompts
-`fan_out` uses; unlike `fan_out` a worker that stops at once does not fail the item) and
-their texts are saved; every synthesis method then reads caches rebuilt from those texts
-(`fan_out(outputs=...)`), on a first run and a resumed one alike, so both give the same
-replies. The synthesizer decodes greedily.
+Workers run once per item and their texts are saved: "chunk" workers of a whole batch in one
+generate call (greedy), "sample" workers item by item (each item's own sampling seed, so a
+text does not depend on what else is in the batch); "fixed" tasks have no workers, their
+branches are the texts. Every synthesis method then reads caches rebuilt from those texts
+(`fan_out_batch(outputs=...)`), on a first run and a resumed one alike, and answers every
+item of the batch as one row of a batched synthesis. The synthesizer decodes greedily.
 
-TTFT leaves out XLA compilation: a call that compiled something (a new length bucket) is run
-once more and the warm time kept; the greedy reply does not change.
+TTFT is the batch's (its rows share a prefill) and leaves out XLA compilation: a call that
+compiled something is run once more and the warm time kept; the greedy replies do not change.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ import contextlib
 import dataclasses
 import time
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import jax
 
+from psynth.eval.tasks.base import Item, Task
+from psynth.model.lora import Adapter
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import Branches
 from psynth.synthesis.generate import SamplingConfig
-from psynth.synthesis.pipeline import fan_out, synthesize
-from psynth.synthesis.synthesize import Adapter
-from psynth.eval.tasks.base import Item, Task
+from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 
 if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
@@ -42,23 +43,26 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @contextlib.contextmanager
-def _count_compiles():
-  count = [0]
+def compiles():
+  """Yields [count, seconds] of the XLA compilations made inside the block (both grow)."""
+  stats = [0, 0.0]
 
   def listen(event, duration, **kw):
-    del duration, kw
-    count[0] += event == _COMPILE_EVENT
+    del kw
+    if event == _COMPILE_EVENT:
+      stats[0] += 1
+      stats[1] += duration
 
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
-    yield count
+    yield stats
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def warm(fn):
   """fn() once more if its first call compiled anything: its result has warm timings."""
-  with _count_compiles() as compiled:
+  with compiles() as compiled:
     out = fn()
   return fn() if compiled[0] else out
 
@@ -73,23 +77,37 @@ def worker_sampling(task: Task, item: Item, max_new_tokens: int, temperature: fl
   return SamplingConfig(max_new_tokens, temperature, top_p, item_seed)
 
 
-def worker_texts(loaded: Loaded, task: Task, item: Item, sampling: SamplingConfig) -> dict:
-  """Runs the item's N workers (batched, base model): their texts, token counts and time."""
+def worker_texts(loaded: Loaded, task: Task, items: Sequence[Item],
+                 samplings: Sequence[SamplingConfig]) -> list[dict]:
+  """Runs the items' workers (base model): their texts, token counts and time, per item."""
+  if task.branching == "fixed":
+    return [{"texts": list(it.branches), "worker_tokens": [], "worker_s": 0.0} for it in items]
   tok = loaded.tokenizer
-  t0 = time.perf_counter()
-  ids = [chat.encode(tok, prompts.worker(item.question, b, task.system)) for b in item.branches]
-  gen = loaded.engine.generate(ids, sampling, loaded.eos_ids)
-  texts = [tok.decode(t, skip_special_tokens=True) for t in gen.tokens]
-  return {"texts": [t if t.strip() else EMPTY_BRANCH for t in texts],
-          "worker_tokens": [len(t) for t in gen.tokens], "worker_s": time.perf_counter() - t0}
+  ids = [[chat.encode(tok, prompts.worker(it.question, b, task.system)) for b in it.branches]
+         for it in items]
+  groups = ([list(range(len(items)))] if task.branching == "chunk" else
+            [[i] for i in range(len(items))])  # sampled: each item with its own seed
+  out: list[dict] = [{} for _ in items]
+  for g in groups:
+    t0 = time.perf_counter()
+    gen = loaded.engine.generate([r for i in g for r in ids[i]], samplings[g[0]], loaded.eos_ids)
+    dt = (time.perf_counter() - t0) / len(g)
+    rows = iter(gen.tokens)
+    for i in g:
+      toks = [next(rows) for _ in ids[i]]
+      texts = [tok.decode(t, skip_special_tokens=True) for t in toks]
+      out[i] = {"texts": [t if t.strip() else EMPTY_BRANCH for t in texts],
+                "worker_tokens": [len(t) for t in toks], "worker_s": dt}
+  return out
 
 
-def branches_from_texts(loaded: Loaded, task: Task, item: Item, texts,
+def branches_from_texts(loaded: Loaded, task: Task, items: Sequence[Item], texts,
                         min_slots: int = 0) -> Branches:
-  """The saved worker texts encoded as branch caches of at least `min_slots` slots each (the
-  workers' budget: every item's caches then share a few compiled shapes)."""
-  return fan_out(loaded, item.question, item.branches, outputs=texts, system=task.system,
-                 min_branch_slots=min_slots)
+  """The items' saved worker texts encoded as branch caches of at least `min_slots` slots
+  each (every batch's caches then share a few compiled shapes)."""
+  inputs = None if task.branching == "fixed" else [it.branches for it in items]
+  return fan_out_batch(loaded, [it.question for it in items], inputs, outputs=texts,
+                       system=task.system, min_branch_slots=min_slots)
 
 
 def single_messages(task: Task, item: Item) -> list[dict]:
@@ -108,26 +126,31 @@ class Reply:
   answer_tokens: int
 
 
-def reply(loaded: Loaded, task: Task, item: Item, method: str, branches: Branches | None,
-          sampling: SamplingConfig, *, mode: str = "shared_start",
-          adapter: Adapter | None = None) -> Reply:
-  """One method's reply to one item (`branches` unused by single)."""
+def replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
+            branches: Branches | None, sampling: SamplingConfig, *, mode: str = "shared_start",
+            adapter: Adapter | None = None) -> list[Reply]:
+  """One method's replies to a batch of items (`branches`: theirs; unused by single)."""
   tok = loaded.tokenizer
+  count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
   if method == "single":
-    ids = chat.encode(tok, single_messages(task, item))
-    gen = warm(lambda: loaded.engine.generate([ids], sampling, loaded.eos_ids))
-    return Reply(tok.decode(gen.tokens[0], skip_special_tokens=True), gen.ttft_s, gen.total_s,
-                 len(ids), len(gen.tokens[0]))
+    ids = [chat.encode(tok, single_messages(task, it)) for it in items]
+    gen = warm(lambda: loaded.engine.generate(ids, sampling, loaded.eos_ids))
+    return [Reply(tok.decode(t, skip_special_tokens=True), gen.ttft_s, gen.total_s, len(i),
+                  len(t)) for t, i in zip(gen.tokens, ids)]
   if method not in SYNTHESIS:
     raise ValueError(f"method {method!r} unknown; choose from {METHODS}")
   if method == "psynth" and adapter is None:
     raise ValueError("method 'psynth' needs a trained adapter; got none")
-  r = warm(lambda: synthesize(loaded, item.question, method=SYNTHESIS[method], prepared=branches,
-                              system=task.system, answer_format=task.answer_format,
-                              sampling=sampling, mode=mode, adapter=adapter))
-  prompt = (prompts.synth_text(item.question, r.branch_texts, task.system, task.answer_format)
-            if method == "text" else
-            prompts.synth_cache(item.question, task.system, task.answer_format))
-  # The pipeline returns text: its token count is that of the re-encoded reply.
-  return Reply(r.answer, r.ttft_s, r.total_s, len(chat.encode(tok, prompt)),
-               len(tok(r.answer, add_special_tokens=False)["input_ids"]))
+  questions = [it.question for it in items]
+  rs = warm(lambda: synthesize_batch(
+      loaded, questions, method=SYNTHESIS[method], prepared=branches, system=task.system,
+      answer_format=task.answer_format, sampling=sampling, mode=mode,
+      adapter=adapter if method == "psynth" else None))
+  out = []
+  for q, r in zip(questions, rs):
+    prompt = (prompts.synth_text(q, r.branch_texts, task.system, task.answer_format)
+              if method == "text" else prompts.synth_cache(q, task.system, task.answer_format))
+    # The pipeline returns text: its token count is that of the re-encoded reply.
+    out.append(Reply(r.answer, r.ttft_s, r.total_s, len(chat.encode(tok, prompt)),
+                     count(r.answer)))
+  return out

@@ -1,4 +1,4 @@
-"""Per-example scores: math answer equivalence, SQuAD exact match and token F1."""
+"""Per-example scores: math answer equivalence, SQuAD exact match, token F1 and containment."""
 
 from __future__ import annotations
 
@@ -119,3 +119,11 @@ def token_f1(pred: str | None, golds: str | Sequence[str]) -> float:
   if pred is None:
     return 0.0
   return max(_f1(pred, g) for g in _golds(golds))
+
+
+def contains_answer(reply: str | None, gold: str) -> bool:
+  """Whether the reply names `gold`: its SQuAD-normalized words appear as a run of whole words
+  of the normalized reply ("It was founded by Sela Vorn." names "Sela Vorn", "18745" does not
+  name "1874"). A gold that normalizes to nothing is never named."""
+  g = normalize_squad(gold)
+  return bool(reply and g) and f" {g} " in f" {normalize_squad(reply)} "

@@ -72,6 +72,11 @@ def append(f: IO[str], record: dict) -> None:
   os.fsync(f.fileno())
 
 
+def read_json(path: Path) -> dict:
+  """The JSON object in `path` ({} if absent)."""
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_json(path: Path, obj) -> None:
   """Writes `obj` as indented JSON, atomically (a reader never sees half a file)."""
   atomic.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")

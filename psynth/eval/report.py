@@ -15,7 +15,6 @@ from psynth.eval import records
 from psynth.eval.intervals import wilson_interval
 from psynth.eval.methods import METHODS
 
-TIMING_FIELDS = ("ttft_s", "total_s")  # differ from run to run; everything else is reproducible
 
 
 def method_stats(recs: list[dict]) -> dict:

@@ -4,9 +4,12 @@
                         output_dir="runs/eval")
 
 Per task, this shard's examples (index % num_shards == shard_id, after `limit`) are run in
-order: the workers once per example (texts saved to branches/), then every method not yet in
-its predictions file (one line each, flushed). A rerun skips what is saved, so an interrupted
-evaluation continues where it stopped. With one shard the run ends by merging (summary.json,
+batches of `batch` examples, in order: the workers once per example (texts saved to
+branches/), then every method not yet in its predictions file, as one batched call per
+method (one line per example, flushed). A rerun skips what is saved, so an interrupted
+evaluation continues where it stopped. Each task logs how many XLA compilations it made and
+how long they took (DIR/compiles.json); with the persistent compilation cache on, a rerun of
+the same command compiles nothing. With one shard the run ends by merging (summary.json,
 results.md); with several, `report.merge_main(DIR)` runs once every shard has finished.
 """
 
@@ -21,12 +24,13 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+from psynth import adapters
 from psynth.data.sources import data_dir
 from psynth.eval import methods as methods_lib
 from psynth.eval import records, report
 from psynth.eval.tasks import BuildOptions, Task, TaskUnavailable, get_tasks
+from psynth.model.lora import Adapter
 from psynth.synthesis.generate import SamplingConfig
-from psynth.synthesis.synthesize import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class EvalSettings:
   mode: str = "shared_start"  # branch position mode of the cache methods
   max_branch_words: int = 120  # one evidence chunk ("chunk" tasks)
   seed: int = 0
+  batch: int = 16  # examples per batched call (workers, then each method)
   data_dir: str = ""  # "" = $PSYNTH_DATA or ../shared/data
   # A training file (`python -m psynth data`'s train.jsonl): its source questions are left out
   # of every task, so a trained adapter is never scored on what it learned from.
@@ -132,13 +137,13 @@ def _gold_shown(gold):
 
 
 def _record(task: Task, index: int, item, method: str, r: methods_lib.Reply,
-            branch_tokens: int, adapter) -> dict:
+            branch_tokens: int, adapter, batch: int) -> dict:
   s = task.score(r.prediction, item)
   rec = {"id": item.id, "index": index, "task": task.name, "method": method,
          "prediction": r.prediction, "extracted": s.extracted, "correct": s.correct,
          "gold": _gold_shown(item.gold), "ttft_s": r.ttft_s, "total_s": r.total_s,
          "prompt_tokens": r.prompt_tokens, "answer_tokens": r.answer_tokens,
-         "branch_tokens": branch_tokens}
+         "branch_tokens": branch_tokens, "batch": batch}
   if s.f1 is not None:
     rec["f1"] = s.f1
   if method == "psynth":
@@ -165,36 +170,52 @@ def _run_task(loaded, task: Task, items, methods, s: EvalSettings, out: Path, sh
   pred_dir = out / "predictions" / task.name
   done = {m: {r["id"] for r in records.read_shards(pred_dir, m)} for m in methods}
   saved = {r["id"]: r for r in records.read_shards(out / "branches", task.name)}
-  todo = [(i, it, [m for m in methods if it.id not in done[m]])
-          for i, it in enumerate(items) if i % n == k]
-  todo = [t for t in todo if t[2]]
+  todo = [(i, it) for i, it in enumerate(items)
+          if i % n == k and any(it.id not in done[m] for m in methods)]
   answer = SamplingConfig(max_new_tokens=s.max_new_tokens, seed=s.seed)
   with contextlib.ExitStack() as stack:
     bfile = stack.enter_context(records.open_append(records.branch_file(out, task.name, k, n)))
     pfiles = {m: stack.enter_context(records.open_append(
         records.prediction_file(out, task.name, m, k, n))) for m in methods}
-    bar = stack.enter_context(tqdm(total=sum(len(t[2]) for t in todo), desc=f"eval {task.name}",
-                                   disable=not progress))
-    for index, item, pending in todo:
-      branches, branch_tokens = None, 0
+    bar = stack.enter_context(tqdm(total=sum(it.id not in done[m] for _, it in todo
+                                             for m in methods),
+                                   desc=f"eval {task.name}", disable=not progress))
+    for b in range(0, len(todo), s.batch):
+      batch = todo[b:b + s.batch]
+      pending = [m for m in methods if any(it.id not in done[m] for _, it in batch)]
+      branches, branch_tokens = None, [0] * len(batch)
       if any(m != "single" for m in pending):
-        if item.id not in saved:
-          sampling = methods_lib.worker_sampling(task, item, s.worker_max_new_tokens,
-                                                 s.worker_temperature, s.worker_top_p, s.seed)
-          saved[item.id] = {"id": item.id, "index": index,
-                            **methods_lib.worker_texts(loaded, task, item, sampling)}
-          records.append(bfile, saved[item.id])
-        branches = methods_lib.branches_from_texts(loaded, task, item, saved[item.id]["texts"],
+        texts = _worker_texts(loaded, task, batch, s, saved, bfile)
+        branches = methods_lib.branches_from_texts(loaded, task, [it for _, it in batch], texts,
                                                    s.worker_max_new_tokens)
-        branch_tokens = int(branches.lengths.sum())
+        branch_tokens = [sum(int(branches.lengths[r]) for r in rows) for rows in branches.rows()]
       for m in pending:
-        r = methods_lib.reply(loaded, task, item, m, branches, answer, mode=s.mode, adapter=adapter)
-        records.append(pfiles[m], _record(task, index, item, m, r,
-                                          0 if m == "single" else branch_tokens, adapter_dir))
-        bar.update(1)
-        if budget.spend():
-          return False
+        rs = methods_lib.replies(loaded, task, [it for _, it in batch], m, branches, answer,
+                                 mode=s.mode, adapter=adapter)
+        for (index, item), r, bt in zip(batch, rs, branch_tokens):
+          if item.id in done[m]:
+            continue  # a resumed batch: this one was saved before
+          records.append(pfiles[m], _record(task, index, item, m, r, 0 if m == "single" else bt,
+                                            adapter_dir, len(batch)))
+          bar.update(1)
+          if budget.spend():
+            return False
   return True
+
+
+def _worker_texts(loaded, task: Task, batch, s: EvalSettings, saved: dict, bfile) -> list:
+  """Each item's worker texts: saved ones as they are, the rest generated (and saved)."""
+  missing = [(i, it) for i, it in batch if it.id not in saved]
+  if missing:
+    samplings = [methods_lib.worker_sampling(task, it, s.worker_max_new_tokens,
+                                             s.worker_temperature, s.worker_top_p, s.seed)
+                 for _, it in missing]
+    for (index, it), w in zip(missing, methods_lib.worker_texts(
+        loaded, task, [it for _, it in missing], samplings)):
+      saved[it.id] = {"id": it.id, "index": index, **w}
+      if task.branching != "fixed":  # fixed branches are the items' own: nothing to save
+        records.append(bfile, saved[it.id])
+  return [saved[it.id]["texts"] for _, it in batch]
 
 
 def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | Path = "runs/eval",
@@ -207,6 +228,8 @@ def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | P
   or `max_predictions` stopped it early. `loaded`: a model already loaded for `cfg` (its
   model gets the adapter's LoRA); `settings`: EvalSettings fields overriding `cfg`."""
   task_list, method_list = get_tasks(tasks), parse_methods(methods)
+  if adapter is not None and str(adapter).lower() in adapters.NONE:
+    adapter = None
   if "psynth" in method_list and not adapter:
     raise ValueError(NO_ADAPTER)
   if limit is not None and limit < 1:
@@ -233,15 +256,23 @@ def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | P
     loaded = psynth.load(s.model, dtype=s.dtype)
   synth_adapter = None
   if "psynth" in method_list:
-    from psynth.convert.export import load_any_adapter
-    mapper = load_any_adapter(adapter, loaded.model)
-    loaded = dataclasses.replace(loaded, _engine=None)  # recompile with the LoRA in the state
-    synth_adapter = Adapter(mapper, lora=True)
+    if loaded.adapter is None:
+      import psynth
+      loaded = psynth.load(s.model, dtype=s.dtype, adapter=adapter)
+    synth_adapter = loaded.adapter
 
   budget = _Budget(max_predictions)
+  compile_log = records.read_json(out / "compiles.json")
   for task in task_list:
-    if task.name in built and not _run_task(loaded, task, built[task.name], method_list, s, out,
-                                            (n, k), synth_adapter, adapter, budget, progress):
+    if task.name not in built:
+      continue
+    with methods_lib.compiles() as c:
+      finished = _run_task(loaded, task, built[task.name], method_list, s, out, (n, k),
+                           synth_adapter, adapter, budget, progress)
+    compile_log[f"{task.name}/shard-{k}-of-{n}"] = {"compiles": c[0], "compile_s": round(c[1], 2)}
+    records.write_json(out / "compiles.json", compile_log)
+    log.info("%s: %d XLA compilations, %.1f s", task.name, c[0], c[1])
+    if not finished:
       log.info("stopped after max_predictions=%d; rerun to continue", max_predictions)
       return None
   if n > 1:

@@ -110,11 +110,16 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                      f"({len(prompts[too_long[0]]) + len(outputs[too_long[0]])} tokens) does "
                      f"not fit the {engine.config.max_position_embeddings}-token context")
   t0 = time.perf_counter()
+  R = len(prompts)
+  # Rows padded to a bucket with copies of row 0 (dropped after): a few compiled shapes
+  # whatever the number of branches of a batch of examples.
+  pad = lambda rows: list(rows) + [rows[0]] * (bucket(R, minimum=1) - R)
+  prompts, outputs = pad(prompts), pad(outputs)
   lens = np.array([len(p) for p in prompts], np.int32)
   Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, Gb)
   _, cache = engine.first_token_logits(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
   _, cache = engine.first_token_logits(cache, *right_pad(outputs, Gb, start=lens))
-  branch = ops.take_slots(cache, Pb + Ob, Gb)
-  return Branches([list(o) for o in outputs], branch, lens, prefix, list(prompts[0][:P]),
-                  time.perf_counter() - t0, tuple(counts))
+  branch = ops.first_rows(ops.take_slots(cache, Pb + Ob, Gb), R)
+  return Branches([list(o) for o in outputs[:R]], branch, lens[:R], prefix,
+                  list(prompts[0][:P]), time.perf_counter() - t0, tuple(counts))

@@ -37,6 +37,15 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
   return -(-n // step) * step
 
 
+def branch_bucket(n: int) -> int:
+  """The branch count a batch pads n to (with empty branches): 1, 2, 3, 4, 6, 8, 12, 16, 24,
+  ... (half-octave steps), so few shapes compile and at most a third of the rows are empty."""
+  if n <= 4:
+    return max(n, 1)
+  p = 1 << (n - 1).bit_length()  # the power of two >= n
+  return p * 3 // 4 if n <= p * 3 // 4 else p
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   max_new_tokens: int = 128

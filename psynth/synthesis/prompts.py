@@ -17,6 +17,16 @@ SYNTH_CACHE_LEAD = ("Several assistants have read the documents for you; their n
 # phrase) passes `answer_format`: "in one or two sentences" would override the form its
 # question asks for, and a 135M model follows the last instruction it reads.
 ANSWER_SENTENCES = "Using their notes, answer the question in one or two sentences."
+# Answer forms tasks ask for. Training data and evaluation tasks take them from here, so the
+# synthesizer is trained on the very prompts it is evaluated with.
+ONE_SENTENCE = "Answer in one short sentence."
+SHORT_PHRASE = "Answer with a short phrase only."
+YES_NO = "Answer yes or no."
+
+
+def with_format(question: str, answer_format: str | None) -> str:
+  """The question as workers and synthesizer read it: its answer form on a line after it."""
+  return question if answer_format is None else f"{question}\n{answer_format}"
 
 
 def answer_instruction(answer_format: str | None = None) -> str:

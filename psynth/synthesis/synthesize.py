@@ -7,8 +7,8 @@ synthesizer prompt is prefilled after the merged span (LoRA on when an adapter i
 the merged cache decoding needs is written once the first tokens are out. The text path
 pastes the branch texts into the prompt and prefills it on the base model, reusing the
 workers' shared prefix cache. A batch holds one row per example: ragged branch counts are
-padded with empty branches (to a power of two, so few shapes compile) and each row stops on
-its own.
+padded with empty branches (to a `branch_bucket`, so few shapes compile) and each row stops
+on its own.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from psynth.model import rope
 from psynth.model.lora import Adapter
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis.fanout import Branches
-from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
+from psynth.synthesis.generate import Engine, SamplingConfig, branch_bucket, bucket, right_pad
 from psynth.synthesis.prompts import common_prefix_len
 
 METHODS = ("cache", "naive", "text")
@@ -39,11 +39,11 @@ METHODS = ("cache", "naive", "text")
 def branch_layout(branches: Branches) -> tuple[np.ndarray | None, np.ndarray]:
   """(row index `[B*N]` with -1 for padding, or None if the rows are already B x N;
   branch lengths `[B, N]`, 0 for padding). N: the most branches of any example, rounded up
-  to a power of two when examples differ (a bounded set of shapes)."""
+  to a `branch_bucket` when examples differ (a bounded set of shapes)."""
   counts = branches.counts
   n_max = max(counts)
   if len(set(counts)) > 1:
-    n_max = 1 << (n_max - 1).bit_length()
+    n_max = branch_bucket(n_max)
   lengths = branches.lengths
   idx = np.full((len(counts), n_max), -1, np.int32)
   for b, rows in enumerate(branches.rows()):

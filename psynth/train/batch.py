@@ -26,18 +26,9 @@ import numpy as np
 
 from psynth.data.example import Example
 from psynth.synthesis import chat, prompts
-from psynth.synthesis.generate import bucket
+from psynth.synthesis.generate import branch_bucket, bucket
 from psynth.synthesis.prompts import common_prefix_len
 
-BRANCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # examples are padded to the next of these
-
-
-def branch_bucket(n: int) -> int:
-  """The branch count an example with n branches is padded to (at most 25% empty rows >= 4)."""
-  for b in BRANCH_BUCKETS:
-    if n <= b:
-      return b
-  raise ValueError(f"{n} branches; training supports at most {BRANCH_BUCKETS[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +57,9 @@ def tokenize(tokenizer, ex: Example, stop_id: int, *, system: str = prompts.DEFA
     if not o:
       raise ValueError(f"example {ex.id!r}: branch {i} output is empty")
   worker = [chat.encode(tokenizer, prompts.worker(ex.question, b, system)) for b in ex.branch_inputs]
-  synth = chat.encode(tokenizer, prompts.synth_cache(ex.question, system))
-  text = (chat.encode(tokenizer, prompts.synth_text(ex.question, ex.branch_outputs, system))
+  fmt = ex.meta.get("answer_format")  # the answer form the evaluation asks for, if any
+  synth = chat.encode(tokenizer, prompts.synth_cache(ex.question, system, fmt))
+  text = (chat.encode(tokenizer, prompts.synth_text(ex.question, ex.branch_outputs, system, fmt))
           if with_text else None)
   target = enc(ex.target)[:max_target_tokens - 1] + [stop_id]
   return Tokenized(worker, outs, synth, target, text)

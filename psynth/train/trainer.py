@@ -72,6 +72,14 @@ def _by_group(items: Sequence, size: int) -> list[tuple[dict, list]]:
           for i in range(0, len(g), size)]
 
 
+def spread(items: Sequence, k: int) -> list:
+  """k items evenly spread over `items` (all if k >= len; none if k <= 0): a val subset that
+  samples every builder of a file written builder by builder."""
+  if k <= 0 or not items:
+    return []
+  return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, min(k, len(items))).astype(int))]
+
+
 def pad_items(items: list, multiple: int) -> tuple[list, int]:
   """Repeats the first item to a multiple of `multiple`; returns (items, real count)."""
   n = len(items)
@@ -208,9 +216,9 @@ class Trainer:
     start = self._resume(ckpts)
     hist.best = val_accuracy.read_best(workdir)
     train_items = self.tokenize(train, with_text=t.kl_weight > 0)
+    val = spread(val, int(t.val_examples))
     val_items = self.tokenize(val, with_text=True) if val else []
-    k = min(int(t.val_accuracy_examples), len(val))
-    acc_examples = [val[i] for i in np.linspace(0, len(val) - 1, k).astype(int)] if k else []
+    acc_examples = spread(val, int(t.val_accuracy_examples))
     keys, sizes = batch_lib.groups(train_items)
     if t.kl_weight > 0:
       sizes = batch_lib.batch_sizes(train_items, with_text=True)

@@ -39,20 +39,25 @@ def inference_model(loaded: Loaded, model) -> Loaded:
 
 def replies(infer: Loaded, examples: Sequence[Example], method: str, adapter: Adapter | None,
             *, batch: int, branch_slots: int, max_new_tokens: int) -> list[str]:
-  """Greedy replies of `method` to every example, `batch` examples at a time (grouped by
-  branch bucket, branch caches padded to `branch_slots`: a few compiled shapes)."""
-  order = sorted(range(len(examples)), key=lambda i: branch_bucket(len(examples[i].branch_inputs)))
+  """Greedy replies of `method` to every example, `batch` examples at a time: grouped by
+  branch bucket, the last batch of a group filled up with repeats, branch caches padded to
+  `branch_slots`, so every call has one of a few shapes (compiled once each)."""
+  groups: dict[int, list[int]] = {}
+  for i, ex in enumerate(examples):
+    groups.setdefault(branch_bucket(len(ex.branch_inputs)), []).append(i)
   out: dict[int, str] = {}
-  for k in range(0, len(order), batch):
-    idx = order[k:k + batch]
-    exs = [examples[i] for i in idx]
-    fixed = all(ex.meta.get("fixed") for ex in exs)
-    br = fan_out_batch(infer, [ex.question for ex in exs],
-                       None if fixed else [ex.branch_inputs for ex in exs],
-                       outputs=[ex.branch_outputs for ex in exs], min_branch_slots=branch_slots)
-    res = synthesize_batch(infer, [ex.question for ex in exs], method=method, adapter=adapter,
-                           prepared=br, sampling=SamplingConfig(max_new_tokens=max_new_tokens))
-    out.update({i: r.answer for i, r in zip(idx, res)})
+  for _, members in sorted(groups.items()):
+    for k in range(0, len(members), batch):
+      idx = members[k:k + batch]
+      exs = [examples[i] for i in idx + [idx[-1]] * (batch - len(idx))]
+      fixed = all(ex.meta.get("fixed") for ex in exs)
+      br = fan_out_batch(infer, [ex.question for ex in exs],
+                         None if fixed else [ex.branch_inputs for ex in exs],
+                         outputs=[ex.branch_outputs for ex in exs], min_branch_slots=branch_slots)
+      res = synthesize_batch(infer, [ex.question for ex in exs], method=method, adapter=adapter,
+                             prepared=br, sampling=SamplingConfig(max_new_tokens=max_new_tokens),
+                             answer_format=[ex.meta.get("answer_format") for ex in exs])
+      out.update({i: r.answer for i, r in zip(idx, res)})
   return [out[i] for i in range(len(examples))]
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from psynth.eval.tasks import choice, coding, dbot, gaia, maths, multihop
+from psynth.eval.tasks import choice, coding, dbot, evidence, gaia, maths, multihop
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task, TaskUnavailable
 
-TASKS: dict[str, Task] = {t.name: t for m in (maths, choice, coding, multihop, dbot, gaia)
+TASKS: dict[str, Task] = {t.name: t for m in (maths, choice, coding, multihop, dbot, evidence, gaia)
                           for t in m.TASKS}
 
 

@@ -1,10 +1,13 @@
 """What an evaluation task is: its items (question, N worker inputs, gold) and how to score a reply.
 
-Two ways to form the N branches (`Task.branching`):
+Three ways to form the N branches (`Task.branching`):
   "sample"  every worker gets the whole problem and works it out; they differ because they
             sample (temperature, a per-example seed). Math, multiple choice, code, GAIA.
   "chunk"   worker i reads evidence chunk i only (paragraphs, passages, alerts / metrics);
             the answer needs what several of them read. HotpotQA, MuSiQue, ARC, D-Bot.
+  "fixed"   no worker runs: `Item.branches` are the finished branch outputs themselves
+            (evidence texts; encode them as `fan_out(loaded, question, outputs=branches)`,
+            with "" inputs). Made-up facts, StrategyQA, ARC-Easy passages (`evidence.py`).
 Workers see `prompts.worker(question, branch input)`, the synthesizer `question`, and
 `single` (no workers) the question with `context`: all the evidence at once.
 """
@@ -17,7 +20,7 @@ from typing import Any, Callable
 
 from psynth.synthesis.prompts import DEFAULT_SYSTEM
 
-BRANCHINGS = ("sample", "chunk")
+BRANCHINGS = ("sample", "chunk", "fixed")
 # The branch input of a "sample" worker: the problem is already in its question.
 WORK_IT_OUT = ("There is no document: the problem above is the whole task. Work it out "
                "yourself, step by step, and state your final answer.")
@@ -27,7 +30,8 @@ WORK_IT_OUT = ("There is no document: the problem above is the whole task. Work 
 class Item:
   id: str
   question: str  # asked of workers and synthesizer alike; ends with the answer format wanted
-  branches: tuple[str, ...]  # worker inputs: one evidence chunk each, or N work orders
+  # worker inputs (one evidence chunk each, or N work orders); "fixed": the branch outputs
+  branches: tuple[str, ...]
   gold: Any  # JSON-able: what the task's `score` compares the reply with
   context: str = ""  # what `single` reads besides the question ("" for "sample" tasks)
 
@@ -62,6 +66,9 @@ class Task:
   # The answer form the question ends with ("Answer with the letter ..."), repeated as the
   # synthesizer's last instruction; None: free text ("in one or two sentences").
   answer_format: str | None = None
+  # Its items are training questions too (`psynth.data` builds examples from the same records):
+  # it measures pipeline fidelity, not generalisation, unless run with `held_out_from`.
+  overlaps_training: bool = False
 
   def __post_init__(self):
     if self.branching not in BRANCHINGS:

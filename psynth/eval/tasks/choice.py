@@ -15,7 +15,7 @@ import zlib
 from typing import Sequence
 
 from psynth.data.chunks import clean, contiguous_split, truncate_words
-from psynth.data.sources import read_arc
+from psynth.data.sources import Choice, read_arc
 from psynth.eval import answers, readers
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task, work_orders
 
@@ -35,8 +35,18 @@ def score_choice(reply: str, item: Item) -> Score:
   return Score(got, got == item.gold["answer"])
 
 
-def _gold(options: Sequence[str], correct: int) -> dict:
+def choice_gold(options: Sequence[str], correct: int) -> dict:
+  """What `score_choice` compares with: the correct letter and the option texts."""
   return {"answer": LETTERS[correct], "options": [clean(o) for o in options]}
+
+
+def option_passage(index: int, choice: Choice, max_words: int) -> str | None:
+  """Option `index`'s retrieved passage, introduced by its letter and text, within `max_words`;
+  None when it has none."""
+  if not (choice.passage and choice.passage.strip()):
+    return None
+  return truncate_words(f"About option {LETTERS[index]} (\"{clean(choice.text)}\"): "
+                        f"{choice.passage}", max_words)
 
 
 def _arc(difficulty: str):
@@ -49,18 +59,17 @@ def _arc(difficulty: str):
       branches = []
       for chunk in chunks:
         each = max(opts.max_branch_words // len(chunk), 8)
-        parts = [truncate_words(f"About option {LETTERS[i]} (\"{clean(c.text)}\"): {c.passage}",
-                                each) for i, c in chunk if c.passage and c.passage.strip()]
-        branches.append("\n\n".join(parts) or NO_PASSAGE)
+        parts = [option_passage(i, c, each) for i, c in chunk]
+        branches.append("\n\n".join(p for p in parts if p) or NO_PASSAGE)
       items.append(Item(q.id, choice_question(q.question, options), tuple(branches),
-                        _gold(options, correct), "\n\n".join(branches)))
+                        choice_gold(options, correct), "\n\n".join(branches)))
     return items
   return build
 
 
 def mmlu_stem(opts: BuildOptions) -> list[Item]:
   return [Item(f"mmlu_stem-{i}-{r.get('type', '')}", choice_question(r["question"], r["choices"]),
-               work_orders(opts.num_branches), _gold(r["choices"], int(r["answer"])))
+               work_orders(opts.num_branches), choice_gold(r["choices"], int(r["answer"])))
           for i, r in enumerate(readers.read_mmlu_stem(opts.root))]
 
 
@@ -68,7 +77,7 @@ def piqa(opts: BuildOptions) -> list[Item]:
   """PIQA validation: which of two solutions reaches the goal (ids are line numbers)."""
   return [Item(f"piqa-{i}", choice_question(f"Goal: {r['goal']}\nWhich solution works?",
                                             [r["sol1"], r["sol2"]]),
-               work_orders(opts.num_branches), _gold([r["sol1"], r["sol2"]], r["label"]))
+               work_orders(opts.num_branches), choice_gold([r["sol1"], r["sol2"]], r["label"]))
           for i, r in enumerate(readers.read_piqa(opts.root))]
 
 
@@ -80,7 +89,7 @@ def gpqa_diamond(opts: BuildOptions) -> list[Item]:
     random.Random(zlib.crc32(f"{opts.seed}/{r['Record ID']}".encode())).shuffle(order)
     options = [texts[j] for j in order]
     items.append(Item(r["Record ID"], choice_question(r["Question"], options),
-                      work_orders(opts.num_branches), _gold(options, order.index(0))))
+                      work_orders(opts.num_branches), choice_gold(options, order.index(0))))
   return items
 
 

@@ -1,7 +1,12 @@
 """Multi-document QA: HotpotQA and MuSiQue (train samples with their paragraphs). The
 question's supporting paragraphs plus distractors are cut into N consecutive chunks, one per
 worker (the training data's "context" examples, `real_tasks.multihop_context`); exact match
-and token F1 of the reply's short answer against the gold and its aliases."""
+and token F1 of the reply's short answer against the gold and its aliases.
+
+These are the very questions the training data is built from (`hotpotqa_*`, `musique_*`,
+`fixed_multihop`), the only ones with paragraphs here: the tasks overlap training
+(`overlaps_training`) and measure pipeline fidelity only; score an adapter on them with
+`held_out_from`, which leaves out the questions it was trained on."""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ from psynth.data.sources import MultiHopQuestion, read_hotpotqa, read_musique
 from psynth.eval import metrics
 from psynth.eval.short_answer import extract_short_answer
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task
+from psynth.synthesis.prompts import SHORT_PHRASE
 
-SHORT = "Answer with a short phrase only."
 
 
 def score_open(reply: str, item: Item) -> Score:
@@ -31,7 +36,7 @@ def _item(q: MultiHopQuestion, source: str, opts: BuildOptions) -> Item:
   else:  # no paragraph marked supporting, or too few: all of them, in order
     parts = contiguous_split(list(q.paragraphs), min(opts.num_branches, len(q.paragraphs)))
     chunks = [fit_group(p, opts.max_branch_words) for p in parts]
-  return Item(q.id, f"{q.question}\n{SHORT}", tuple(chunks), [q.answer, *q.aliases],
+  return Item(q.id, f"{q.question}\n{SHORT_PHRASE}", tuple(chunks), [q.answer, *q.aliases],
               "\n\n".join(chunks))
 
 
@@ -43,5 +48,7 @@ def musique(opts: BuildOptions) -> list[Item]:
   return [_item(q, "musique", opts) for q in read_musique(opts.root)]
 
 
-TASKS = (Task("hotpotqa", "chunk", hotpotqa, score_open, answer_format=SHORT),
-         Task("musique", "chunk", musique, score_open, answer_format=SHORT))
+TASKS = (Task("hotpotqa", "chunk", hotpotqa, score_open, answer_format=SHORT_PHRASE,
+              overlaps_training=True),
+         Task("musique", "chunk", musique, score_open, answer_format=SHORT_PHRASE,
+              overlaps_training=True))
