@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.out_dir = "runs/data/qwen3_14b"
   c.data.max_branch_tokens, c.data.max_target_tokens = 1024, 512
   c.train.update(steps=2000, batch_size=64, grad_accum=4, lr=1e-4, warmup_steps=100,
-                 eval_every=200, save_every=200)
+                 eval_every=200, save_every=200, scan_layers=True, remat=True)
   # A v5p-64-like pod: 4-way tensor parallel inside a host, the rest data x fsdp.
   c.mesh.update(data=-1, fsdp=8, tensor=4)
   c.dist.auto = True

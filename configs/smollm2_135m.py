@@ -38,7 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
       # At every eval: the val loss on `val_examples` val examples spread over the file, and
       # the val answer accuracy (greedy synthesis, `val_batch` examples at a time) on
       # `val_accuracy_examples` of them; the best adapter is kept by accuracy.
-      val_examples=256, val_accuracy_examples=64, val_batch=16))
+      val_examples=256, val_accuracy_examples=64, val_batch=16,
+      # Layers as one lax.scan (weights stacked per call; compiles one layer) and remat. On
+      # this CPU the unrolled loop is as fast; large models on accelerators want both.
+      scan_layers=False, remat=False))
   # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
   # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
   # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the
@@ -54,5 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
                                           auto=False))
   c.bench = ml_collections.ConfigDict(dict(
       prefill_lengths=(256, 1024, 2048), runs=5, decode_prompt=256, decode_tokens=64,
-      ttft_branches=(2, 4, 8), ttft_branch_tokens=(128, 512, 1024)))
+      ttft_branches=(2, 4, 8), ttft_branch_tokens=(128, 512, 1024),
+      # bench throughput: facts-task fan-outs, one at a time vs `throughput_batch` per call.
+      throughput_examples=64, throughput_branches=3, throughput_batch=64,
+      throughput_answer_tokens=48, throughput_runs=2))
   return c

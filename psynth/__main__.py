@@ -6,6 +6,7 @@ Commands:
                                          [--adapter=default|none|DIR]
   generate   answer one prompt:        python -m psynth generate --prompt "..."
   bench      vs HF transformers:       python -m psynth bench prefill | ttft [--json F --plot F]
+             batched vs one at a time: python -m psynth bench throughput [--json F]
   data       training examples from the benchmark files, then their branches (generated once):
              python -m psynth data --config.data.out_dir=DIR [--config.data.limit_per_source=50]
   eval       benchmarks x methods (single, text, naive, psynth), accuracy +- CI and TTFT:
@@ -52,7 +53,7 @@ _GAIA_DIR = flags.DEFINE_string("gaia_dir", "", "eval: a local GAIA validation d
 _MERGE = flags.DEFINE_bool("merge", False, "eval: only merge the shards in --output_dir.")
 
 COMMANDS = {"synthesize": "fan out, then text vs cache synthesis", "generate": "answer one prompt",
-            "bench": "bench prefill|ttft: psynth vs HF transformers",
+            "bench": "bench prefill|ttft|throughput: vs HF transformers, batched vs one at a time",
             "data": "build training examples, then generate their branches once",
             "eval": "evaluate methods on benchmarks: accuracy, CI, TTFT",
             "train": "train the synthesizer LoRA and cache mapper",
@@ -97,10 +98,23 @@ def _bench(cfg, what: str) -> None:
   import psynth
   from psynth.bench import prefill, ttft
 
-  if what not in ("prefill", "ttft"):
-    raise app.UsageError(f"unknown benchmark {what!r}; available: prefill, ttft")
-  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
+  if what not in ("prefill", "ttft", "throughput"):
+    raise app.UsageError(f"unknown benchmark {what!r}; available: prefill, ttft, throughput")
   b = cfg.bench
+  if what == "throughput":
+    from psynth.bench import throughput
+    loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype, adapter=_synth_adapter(cfg))
+    result = throughput.run(loaded, b.throughput_examples, b.throughput_branches,
+                            b.throughput_batch, b.throughput_answer_tokens, b.throughput_runs,
+                            cfg.data.data_dir or None)
+    report = throughput.report(result)
+    if _JSON.value:
+      throughput.write_json(result, _JSON.value)
+    print(report)
+    if _OUT.value:
+      Path(_OUT.value).write_text(report)
+    return
+  loaded = psynth.load(cfg.model.name, dtype=cfg.model.dtype)
   if what == "prefill":
     report = prefill.run(loaded, tuple(b.prefill_lengths), b.runs, b.decode_prompt,
                          b.decode_tokens)

@@ -319,7 +319,8 @@ def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lo
 
 def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
             *, last_only: bool = False, attend_cache: bool = True, lora: bool = False,
-            cache_view=None, write: bool = True) -> tuple[jax.Array, KVCache]:
+            cache_view=None, write: bool = True, scan: bool = False,
+            remat: bool = False) -> tuple[jax.Array, KVCache]:
   """Runs `tokens` at absolute `positions` on top of `cache`; returns (logits, new cache).
 
   Serves prefill (T > 1) and decode (T == 1) alike; the tokens are written at slots
@@ -337,6 +338,11 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   slice is small; the whole cache is never rewritten).
   `write=False`: leave `cache` alone and return, instead of it, a cache holding only this
   call's T tokens (slots [0, T)): a first token needs no merged cache to exist yet.
+  `scan`: run the layers as one `lax.scan` over their weights stacked in this call: XLA
+  compiles one layer instead of L (seconds instead of a minute for a train step), at the
+  cost of copying the weights into the stack once per call (worth it for calls that take
+  seconds: training, evaluation; not for a decode step). `remat`: recompute each layer's
+  activations in the backward pass instead of keeping them (with `scan`).
   Logits are float32.
   """
   cfg = model.config
@@ -351,25 +357,13 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   inv_freq, scale = rope_lib.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   cos, sin = rotary.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
 
-  new_k, new_v = [], []
-  for layer, blk in enumerate(model.layers):
-    layer_cache = None
-    if attend_cache:
-      # Read when the layer runs: with a constant index, XLA's CPU scheduler hoisted all 30
-      # layers' cache copies (re-laid out for the matmuls) to the start, all live at once
-      # (100 MB for a 2k-slot cache, whose fresh pages cost more than the copying).
-      take = lambda a: jax.lax.dynamic_index_in_dim(a, layer + _zero_after(x), keepdims=False)
-      k_l, v_l = take(cache.k), take(cache.v)
-      if cache_view is not None:
-        k_l, v_l = cache_view(layer, k_l, v_l)
-      layer_cache = (k_l, v_l, cache.positions, cache.valid)
-    x, k, v = _block(cfg, blk, x, cos, sin, positions_BxT, layer_cache, lora)
-    new_k.append(k)
-    new_v.append(v)
+  run = _scanned_layers if scan else _unrolled_layers
+  x, new_k, new_v = run(model, x, cos, sin, positions_BxT, cache if attend_cache else None,
+                        cache_view, lora, remat)
   if write:
-    new_cache = _write(cache, jnp.stack(new_k), jnp.stack(new_v), positions_BxT, x)
+    new_cache = _write(cache, new_k, new_v, positions_BxT, x)
   else:
-    new_cache = cache.replace(k=jnp.stack(new_k), v=jnp.stack(new_v), positions=positions_BxT,
+    new_cache = cache.replace(k=new_k, v=new_v, positions=positions_BxT,
                               valid=positions_BxT >= 0, end=jnp.int32(T))
 
   if last_only:
@@ -383,6 +377,53 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
     logits = jnp.einsum("btd,dv->btv", x, model.lm_head[...].astype(dtype),
                         preferred_element_type=jnp.float32)
   return constrain(logits, ("batch", "seq", "vocab")), new_cache
+
+
+def _layer_cache(cache: KVCache | None, layer, k_l, v_l, cache_view):
+  """What layer `layer` attends to besides its own tokens: its cache slots, viewed."""
+  if cache is None:
+    return None
+  if cache_view is not None:
+    k_l, v_l = cache_view(layer, k_l, v_l)
+  return (k_l, v_l, cache.positions, cache.valid)
+
+
+def _unrolled_layers(model: Transformer, x, cos, sin, positions, cache, cache_view, lora, remat):
+  """Every layer in turn, each with its own weights: (x, new k, new v `[L, B, T, K, E]`)."""
+  del remat  # the unrolled loop keeps what autodiff keeps
+  new_k, new_v = [], []
+  for layer, blk in enumerate(model.layers):
+    k_l = v_l = None
+    if cache is not None:
+      # Read when the layer runs: with a constant index, XLA's CPU scheduler hoisted all 30
+      # layers' cache copies (re-laid out for the matmuls) to the start, all live at once.
+      take = lambda a: jax.lax.dynamic_index_in_dim(a, layer + _zero_after(x), keepdims=False)
+      k_l, v_l = take(cache.k), take(cache.v)
+    x, k, v = _block(model.config, blk, x, cos, sin, positions,
+                     _layer_cache(cache, layer, k_l, v_l, cache_view), lora)
+    new_k.append(k)
+    new_v.append(v)
+  return x, jnp.stack(new_k), jnp.stack(new_v)
+
+
+def _scanned_layers(model: Transformer, x, cos, sin, positions, cache, cache_view, lora, remat):
+  """The layers as one `lax.scan` over their weights, stacked here (every layer has the same
+  structure, LoRA included): (x, new k, new v `[L, B, T, K, E]`)."""
+  graphdef, _ = nnx.split(model.layers[0])
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in model.layers])
+
+  def body(x, xs):
+    layer, weights, k_l, v_l = xs
+    blk = nnx.merge(graphdef, weights)
+    x, k, v = _block(model.config, blk, x, cos, sin, positions,
+                     _layer_cache(cache, layer, k_l, v_l, cache_view), lora)
+    return x, (k, v)
+
+  if remat:
+    body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+  kv = (None, None) if cache is None else (cache.k, cache.v)
+  x, (new_k, new_v) = jax.lax.scan(body, x, (jnp.arange(len(model.layers)), stacked, *kv))
+  return x, new_k, new_v
 
 
 def _write(cache: KVCache, k_LxBxTxKxE, v_LxBxTxKxE, positions_BxT, x) -> KVCache:

@@ -24,7 +24,7 @@ from psynth.model.transformer import Transformer, forward, init_cache
 
 
 def branch_caches(model: Transformer, prefix_tokens, prefix_positions, worker_tokens,
-                  worker_positions, out_start) -> KVCache:
+                  worker_positions, out_start, *, scan: bool = False) -> KVCache:
   """`[L, B*N, W]` caches whose valid slots are the branch outputs o_i (at positions |p_i|+j).
 
   The B prefixes `[B, P]` are run once and tiled to the N rows of their example; each row
@@ -33,9 +33,9 @@ def branch_caches(model: Transformer, prefix_tokens, prefix_positions, worker_to
   BN, W = worker_tokens.shape
   cache = init_cache(model.config, B, P + W)
   _, cache = forward(model, prefix_tokens, prefix_positions, cache, last_only=True,
-                     attend_cache=False, lora=False)
+                     attend_cache=False, lora=False, scan=scan)
   _, cache = forward(model, worker_tokens, worker_positions, ops.tile_rows(cache, BN // B),
-                     last_only=True, lora=False)
+                     last_only=True, lora=False, scan=scan)
   rows = ops.take_slots(cache, P, W)
   keep = jnp.arange(W)[None, :] >= out_start[:, None]
   return jax.lax.stop_gradient(rows.replace(valid=rows.valid & keep))
@@ -43,7 +43,7 @@ def branch_caches(model: Transformer, prefix_tokens, prefix_positions, worker_to
 
 def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
                  lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
-                 lora: bool = True) -> jax.Array:
+                 lora: bool = True, scan: bool = False, remat: bool = False) -> jax.Array:
   """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches
   (`lengths_BxN`: 0 for the empty branches that pad an example with fewer)."""
   T = synth_tokens.shape[1]
@@ -56,15 +56,16 @@ def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, bran
   coefs = None if mapper is None else mapper_lib.coefficients(mapper, lengths_BxN)
   merged = ops.extend(reencode.merge(branches, starts_BxN, jnp.asarray(inv_freq), coefs), T)
   positions = jnp.where(synth_positions >= 0, synth_positions + synth_start[:, None], -1)
-  logits, _ = forward(model, synth_tokens, positions, merged, lora=lora)
+  logits, _ = forward(model, synth_tokens, positions, merged, lora=lora, scan=scan, remat=remat)
   return logits
 
 
-def text_logits(model: Transformer, teacher_tokens, teacher_positions) -> jax.Array:
+def text_logits(model: Transformer, teacher_tokens, teacher_positions, *,
+                scan: bool = False) -> jax.Array:
   """The text synthesizer (base model, branch texts in the prompt): logits `[B, Tt, V]`."""
   B, Tt = teacher_tokens.shape
   logits, _ = forward(model, teacher_tokens, teacher_positions, init_cache(model.config, B, Tt),
-                      attend_cache=False, lora=False)
+                      attend_cache=False, lora=False, scan=scan)
   return jax.lax.stop_gradient(logits)
 
 
@@ -84,13 +85,14 @@ def loss_terms(logits_BxTxV, batch, teacher_logits=None) -> dict[str, jax.Array]
 
 
 def compute(model: Transformer, mapper, batch, *, mode: str = "shared_start", lora: bool = True,
-            kl: bool = False) -> dict[str, jax.Array]:
+            kl: bool = False, scan: bool = False, remat: bool = False) -> dict[str, jax.Array]:
   """All loss sums of one (micro-)batch. The branch caches are computed here, per batch, from
   the workers' rows (memory does not grow with the data set)."""
   branches = branch_caches(model, batch["prefix_tokens"], batch["prefix_positions"],
-                           batch["worker_tokens"], batch["worker_positions"], batch["out_start"])
+                           batch["worker_tokens"], batch["worker_positions"], batch["out_start"],
+                           scan=scan)
   logits = synth_logits(model, mapper, branches, batch["branch_lengths"], batch["synth_tokens"],
-                        batch["synth_positions"], mode=mode, lora=lora)
-  teacher = (text_logits(model, batch["teacher_tokens"], batch["teacher_positions"])
+                        batch["synth_positions"], mode=mode, lora=lora, scan=scan, remat=remat)
+  teacher = (text_logits(model, batch["teacher_tokens"], batch["teacher_positions"], scan=scan)
              if kl else None)
   return loss_terms(logits, batch, teacher)

@@ -75,7 +75,7 @@ def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, Callable[[i
 
 
 def make_train_step(split: Split, tx: optax.GradientTransformation, *, mode: str,
-                    kl_weight: float) -> Callable:
+                    kl_weight: float, scan: bool = False, remat: bool = False) -> Callable:
   """`step(trainable, frozen, opt_state, batch) -> (trainable, opt_state, metrics)`.
 
   `batch` arrays are `[accum, micro_batch, ...]`: micro-batches run in a scan, summing
@@ -85,7 +85,8 @@ def make_train_step(split: Split, tx: optax.GradientTransformation, *, mode: str
 
   def sums(trainable, frozen, mb):
     synth = split.merge(trainable, frozen)
-    t = loss_lib.compute(synth.model, synth.mapper, mb, mode=mode, kl=kl_weight > 0)
+    t = loss_lib.compute(synth.model, synth.mapper, mb, mode=mode, kl=kl_weight > 0, scan=scan,
+                         remat=remat)
     return t["ce"] + kl_weight * t["kl"], t
 
   grad_fn = jax.value_and_grad(sums, has_aux=True)
@@ -110,7 +111,8 @@ def make_train_step(split: Split, tx: optax.GradientTransformation, *, mode: str
   return step
 
 
-def make_eval_step(split: Split, *, mode: str, lora: bool = True, use_mapper: bool = True):
+def make_eval_step(split: Split, *, mode: str, lora: bool = True, use_mapper: bool = True,
+                   scan: bool = False):
   """`eval(trainable, frozen, batch) -> {ce, tokens}` sums (one micro-batch, no accumulation).
 
   `lora=False, use_mapper=False` is the naive cache path: the untrained baseline.
@@ -119,20 +121,21 @@ def make_eval_step(split: Split, *, mode: str, lora: bool = True, use_mapper: bo
   def evaluate(trainable, frozen, batch):
     synth = split.merge(trainable, frozen)
     t = loss_lib.compute(synth.model, synth.mapper if use_mapper else None, batch, mode=mode,
-                         lora=lora)
+                         lora=lora, scan=scan)
     return dict(ce=t["ce"], tokens=t["tokens"])
 
   return evaluate
 
 
-def make_text_eval_step(split: Split):
+def make_text_eval_step(split: Split, scan: bool = False):
   """`eval(trainable, frozen, batch) -> {ce, tokens}` of the *text* synthesizer: the base model
   reading the branch texts in its prompt (`synth_*` rows hold that prompt ++ the target).
   The reference point the cache path is trained to reach."""
 
   def evaluate(trainable, frozen, batch):
     model = split.merge(trainable, frozen).model
-    logits = loss_lib.text_logits(model, batch["synth_tokens"], batch["synth_positions"])
+    logits = loss_lib.text_logits(model, batch["synth_tokens"], batch["synth_positions"],
+                                  scan=scan)
     t = loss_lib.loss_terms(logits, batch)
     return dict(ce=t["ce"], tokens=t["tokens"])
 

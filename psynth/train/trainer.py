@@ -147,16 +147,18 @@ class Trainer:
       self.opt_state = jax.jit(self.tx.init)(self.trainable)
     self._opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
     repl = step_lib.replicated(self.mesh)
+    scan = bool(t.get("scan_layers", False))
     train_step = step_lib.make_train_step(self.split, self.tx, mode=cfg.synthesis.mode,
-                                          kl_weight=float(t.kl_weight))
+                                          kl_weight=float(t.kl_weight), scan=scan,
+                                          remat=bool(t.get("remat", False)))
     self._step = jax.jit(train_step, in_shardings=(tr_sh, fr_sh, self._opt_sh, None),
                          out_shardings=(tr_sh, self._opt_sh, repl), donate_argnums=(0, 2))
     self._eval = {
         key: jax.jit(step_lib.make_eval_step(self.split, mode=cfg.synthesis.mode, lora=on,
-                                             use_mapper=on),
+                                             use_mapper=on, scan=scan),
                      in_shardings=(tr_sh, fr_sh, None), out_shardings=repl)
         for key, on in (("trained", True), ("naive", False))}
-    self._eval["text"] = jax.jit(step_lib.make_text_eval_step(self.split),
+    self._eval["text"] = jax.jit(step_lib.make_text_eval_step(self.split, scan),
                                  in_shardings=(tr_sh, fr_sh, None), out_shardings=repl)
     self.signature = signature(loaded, cfg)
     self.stop_id = loaded.eos_ids[0] if loaded.eos_ids else loaded.tokenizer.eos_token_id
