@@ -30,7 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   # out_dir/{train,val}.branches.jsonl, cutting branches and targets to these lengths.
   c.data = data_config()
   c.data.out_dir = "runs/data/smollm2_135m"
-  c.data.max_branch_tokens, c.data.max_target_tokens = 96, 64
+  # Evidence branches of at most 64 words (~90 tokens: all of a branch fits max_branch_tokens,
+  # so no needle is cut off) keep a 2-core CPU's training step short; eval reads the same.
+  c.data.max_words = 64
+  c.data.max_branch_tokens, c.data.max_target_tokens = 112, 48
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
@@ -47,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the
   # adapter's training file when evaluating method psynth; "" keeps every example).
   c.eval = ml_collections.ConfigDict(dict(
-      num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=120,
+      num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=64,
       held_out_from="", batch=16))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -15,6 +15,7 @@ import ml_collections
 import pytest
 
 from psynth.data import build, facts, fixed, procedural, seeds, sources
+from psynth.synthesis.prompts import ONE_SENTENCE, YES_NO, with_format
 from psynth.data.branches import _filled, generate_branches, load_examples
 from psynth.data.chunks import fit_paragraph
 from psynth.data.example import Example, is_empty_branch
@@ -208,7 +209,8 @@ def test_fixed_examples_hold_their_evidence_in_the_answer_branches(fixed_example
       family, partition, index = e.meta["group"].split("/")[1:]
       p, asked = fixed.facts_record(family, partition, int(index))
       assert partition == "train" and e.meta["attributes"] == asked
-      assert (e.question, e.target) == (facts.question(p, asked), facts.answer(p, asked))
+      assert (e.question, e.target) == (
+          with_format(facts.question(p, asked), ONE_SENTENCE), facts.answer(p, asked))
       where = [[h for h, o in enumerate(outs) if facts.fact(p, a) in o] for a in asked]
       assert all(len(w) == 1 for w in where) and sorted(w[0] for w in where) == homes, e.id
       first_sentence.append(outs[where[0][0]].startswith(facts.fact(p, asked[0])))
@@ -220,7 +222,7 @@ def test_fixed_examples_hold_their_evidence_in_the_answer_branches(fixed_example
           fit_paragraph(p, 120) for p in q.paragraphs if p.is_supporting) and e.target == q.answer
     elif b == "fixed_strategyqa":
       q = strategyqa[e.meta["group"].split("/", 1)[1]]
-      assert fixed.strategyqa_partition(q) == "train" and e.question == q.question
+      assert fixed.strategyqa_partition(q) == "train" and e.question == with_format(q.question, YES_NO)
       assert e.target == ("Yes." if q.answer else "No.")
       assert all(any(s in outs[h] for h in homes) for s in q.explanation)
     elif b == "fixed_chain":  # the answer is named in the last hop's branch only
@@ -248,7 +250,10 @@ def test_procedural_fixed_families_scale_and_never_ask_an_eval_question():
     # Contents depend on partition and index only, never on the seed.
     a = fixed.facts_example(family, "eval", 7, 3, 120, fixed.real_documents(DATA), seeds.rng(0))
     b = fixed.facts_example(family, "eval", 7, 3, 120, fixed.real_documents(DATA), seeds.rng(1))
-    assert a.question == b.question and a.question in held and a.branch_outputs != b.branch_outputs
+    assert a.question == b.question and a.branch_outputs != b.branch_outputs
+    assert a.question == with_format(facts.question(*fixed.facts_record(family, "eval", 7)),
+                                     ONE_SENTENCE)
+    assert facts.question(*fixed.facts_record(family, "eval", 7)) in held
 
 
 def test_strategyqa_partition_is_fixed_by_the_question():
@@ -383,7 +388,8 @@ def _tiny_examples() -> list[Example]:
   copy = dataclasses.replace(exs[0], id=exs[0].id + "/distill", kind="distill", target="",
                              meta=dict(exs[0].meta, distill_of=exs[0].id))
   finished = fixed.fixed_example("procedural", "procedural/test/0", "context", "Which town?",
-                                 ["Tornak is a town.", "Rain fell."], "Tornak.", [0], ["Tornak"])
+                                 ["Tornak is a town.", "Rain fell."], "Tornak.", [0], ["Tornak"],
+                                 "Answer in one short sentence.")
   return exs[:1] + [finished] + exs[1:] + [copy]  # the fixed one shares a batch
 
 

@@ -379,3 +379,23 @@ def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
   assert [r["branch_tokens"] for r in preds] == [r["branch_tokens"] for r in naive]
   assert preds[0]["adapter"] == str(adapter) and summary["hotpotqa"]["psynth"]["n"] == 2
   assert len(records.read_jsonl(out / "branches" / "hotpotqa.shard-00000-of-00001.jsonl")) == 2
+
+
+def test_paired_differences_per_task_and_pooled(tmp_path):
+  """psynth - text on the same examples: the mean of per-example differences, a bootstrap
+  interval around it, and the pooled row over both tasks."""
+  rec = lambda i, ok: {"id": str(i), "correct": ok, "ttft_s": 0.1}
+  preds = {"a": {"text": [rec(i, i < 5) for i in range(10)],
+                 "psynth": [rec(i, i < 8) for i in range(10)]},
+           "b": {"text": [rec(i, True) for i in range(4)],
+                 "psynth": [rec(i, i != 0) for i in range(4)]}}
+  pairs = report.paired(preds)
+  assert list(pairs) == ["psynth-text"]
+  a, b, pooled = (pairs["psynth-text"][k] for k in ("a", "b", "pooled"))
+  assert (a["diff"], a["n"], b["diff"], b["n"]) == (0.3, 10, -0.25, 4)
+  assert pooled["n"] == 14 and pooled["diff"] == pytest.approx((3 - 1) / 14)
+  for d in (a, b, pooled):
+    assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+  assert "| psynth - text | pooled | 14 | +14.3 [" in report.paired_markdown(pairs)
+  report.plot(report.summarize(preds), tmp_path / "r.png")
+  assert (tmp_path / "r.png").stat().st_size > 10_000

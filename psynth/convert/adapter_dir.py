@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from psynth.cache.mapper import CacheMapper
 from psynth.convert import lora_names, mapper_io
+from psynth.convert.files import read_json, read_tensors
 from psynth.atomic import atomic_dir
 from psynth.model.config import ModelConfig
 from psynth.model.transformer import Transformer
@@ -58,7 +59,7 @@ def load_adapter_dir(adapter_dir: str | Path, model: Transformer) -> CacheMapper
   if not meta_path.exists():
     raise FileNotFoundError(f"no psynth adapter in {adapter_dir}: expected {LORA_JSON} + "
                             f"{LORA_WEIGHTS} (and optionally {MAPPER_DIR}/)")
-  meta = json.loads(meta_path.read_text())
+  meta = read_json(meta_path, "a psynth adapter's settings")
   if meta.get("format") != FORMAT:
     raise ValueError(f"{meta_path}: format={meta.get('format')!r}; expected {FORMAT!r}")
   here = model_shape(model.config)
@@ -69,7 +70,8 @@ def load_adapter_dir(adapter_dir: str | Path, model: Transformer) -> CacheMapper
         f"{ {k: meta['model'].get(k) for k in differ} }; this model has "
         f"{ {k: here.get(k) for k in differ} } (full shape: {here})")
   settings = lora_names.Settings(int(meta["rank"]), meta["alpha"], tuple(meta["targets"]))
-  lora_names.from_hf(model, settings, load_file(adapter_dir / LORA_WEIGHTS), str(adapter_dir))
+  lora_names.from_hf(model, settings, read_tensors(adapter_dir / LORA_WEIGHTS, "the LoRA A/B "
+                                                   "matrices"), str(adapter_dir))
   if not (adapter_dir / MAPPER_DIR).exists():
     return None
   cfg = model.config

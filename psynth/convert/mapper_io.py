@@ -8,10 +8,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from psynth.atomic import atomic_dir
 from psynth.cache.mapper import CacheMapper
+from psynth.convert.files import read_json, read_tensors
 
 _NAMES = ("w1", "b1", "w2", "b2")
 
@@ -31,14 +32,14 @@ def load_mapper(ckpt_dir: str | Path, num_layers: int, num_kv_heads: int) -> Cac
   if not meta_path.exists():
     raise FileNotFoundError(f"no mapper checkpoint in {ckpt_dir} (expected mapper.json + "
                             "mapper.safetensors)")
-  meta = json.loads(meta_path.read_text())
+  meta = read_json(meta_path, "the cache mapper's kind and model shape")
   if (meta["num_layers"], meta["num_kv_heads"]) != (num_layers, num_kv_heads):
     raise ValueError(
         f"mapper checkpoint {ckpt_dir} was made for a model with {meta['num_layers']} layers "
         f"and {meta['num_kv_heads']} KV heads; this model has {num_layers} layers and "
         f"{num_kv_heads} KV heads")
   mapper = CacheMapper(meta["kind"], num_layers, num_kv_heads, rngs=nnx.Rngs(0))
-  tensors = load_file(ckpt_dir / "mapper.safetensors")
+  tensors = read_tensors(ckpt_dir / "mapper.safetensors", "the cache mapper's weights")
   for name in _NAMES:
     var = getattr(mapper, name)
     if tensors[name].shape != var.shape:

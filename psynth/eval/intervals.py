@@ -29,7 +29,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
 
 def bootstrap_interval(scores, level: float = 0.95, resamples: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
-  """Percentile bootstrap interval of the mean of per-example `scores` (0/1 or F1 in [0, 1])."""
+  """Percentile bootstrap interval of the mean of per-example `scores` (0/1, F1 in [0, 1], or
+  paired differences in [-1, 1])."""
   scores_N = np.asarray(scores, dtype=np.float64).reshape(-1)
   if scores_N.size == 0:
     raise ValueError("scores is empty; an accuracy interval needs at least one example")
