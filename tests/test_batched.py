@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import psynth
-from psynth.cache import mapper as mapper_lib
+from psynth.cache import mappers
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model.config import ModelConfig
 from psynth.model.lora import Adapter, add_lora
@@ -28,7 +28,7 @@ def setup(tiny_checkpoint):
   for blk in model.layers:
     blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.05))
   cfg = model.config
-  mapper = mapper_lib.CacheMapper("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
   mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
   rng = np.random.RandomState(3)
   shared = [1, 2, 3]

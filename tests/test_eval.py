@@ -359,7 +359,7 @@ def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
 
   import psynth
   from flax import nnx
-  from psynth.cache.mapper import CacheMapper
+  from psynth.cache import mappers
   from psynth.convert.adapter_dir import save_adapter_dir
   from psynth.model.lora import add_lora
 
@@ -367,7 +367,7 @@ def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
   c = own.config
   add_lora(own.model, rank=4, alpha=8.0, rngs=nnx.Rngs(0))
   adapter = save_adapter_dir(tmp_path / "adapter", own.model,
-                             CacheMapper("affine", c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(1)))
+                             mappers.make("affine", c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(1)))
   out = tmp_path / "out"
   shutil.copytree(full_run[0] / "branches", out / "branches")
   shutil.copy(full_run[0] / "run.json", out / "run.json")

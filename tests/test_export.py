@@ -13,7 +13,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from conftest import padded_batch
-from psynth.cache import mapper as mapper_lib
+from psynth.cache import mappers
 from psynth.convert import adapter_dir, export, peft_io, reference_release
 from psynth.convert.hf_checkpoint import load_params
 from psynth.convert.merged_export import save_merged
@@ -72,7 +72,7 @@ def lora_arrays(model):
 
 
 def affine_mapper(cfg, kind="affine", seed=3):
-  m = mapper_lib.CacheMapper(kind, cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(seed))
+  m = mappers.make(kind, cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(seed))
   rng = np.random.RandomState(seed)
   for name in ("b1", "w2", "b2"):  # non-zero everywhere, so a swapped or transposed tensor shows
     var = getattr(m, name)
@@ -201,7 +201,7 @@ def test_reference_release_round_trip_is_bit_exact(tiny_checkpoint, tmp_path):
   # [log1p(max(len, 1)), log1p(max(N, 1)), l/(L-1)] -> net -> r; a_k = 1 + 0.1 tanh(r0),
   # b_k = 0.1 tanh(r1), a_v = 1 + 0.1 tanh(r2), b_v = 0.1 tanh(r3). It equals ours for len >= 1.
   lengths = np.array([[1, 7, 300]], np.int32)
-  ours = np.asarray(mapper_lib.coefficients(mapper, jnp.asarray(lengths)))  # [4, 1, N, L, K]
+  ours = np.moveaxis(np.asarray(mapper.coefficients(jnp.asarray(lengths))), 3, 0)  # [4, 1, N, L, K]
   N, L = lengths.shape[1], cfg.num_layers
   for j, n in enumerate(lengths[0]):
     for layer in range(L):

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from psynth import sharding
-from psynth.cache import mapper as mapper_lib
+from psynth.cache import mappers
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model.config import ModelConfig
 from psynth.model.lora import add_lora
@@ -26,7 +26,7 @@ def test_cache_synthesis_sharded_equals_single_device(tiny_checkpoint):
     model = add_lora(load_params(cfg, path), rank=4, alpha=8, rngs=nnx.Rngs(0))
     for blk in model.layers:  # a non-trivial adapter
       blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.03))
-    mapper = mapper_lib.CacheMapper("per_head", cfg.num_layers, cfg.num_kv_heads,
+    mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads,
                                     rngs=nnx.Rngs(1))
     mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.2))
     rng = np.random.RandomState(0)

@@ -41,14 +41,14 @@ def test_adapter_for_another_model_is_refused():
 @pytest.mark.parametrize("broken", ["lora.safetensors", "mapper/mapper.safetensors", "lora.json"])
 def test_corrupt_adapter_file_is_named(tmp_path, broken):
   from flax import nnx
-  from psynth.cache.mapper import CacheMapper
+  from psynth.cache import mappers
   from psynth.convert.adapter_dir import save_adapter_dir
   from psynth.model.lora import add_lora
   tiny = psynth.load("tiny-random")
   c = tiny.config
   add_lora(tiny.model, rank=2, alpha=4.0, rngs=nnx.Rngs(0))
   path = save_adapter_dir(tmp_path / "a", tiny.model,
-                          CacheMapper("affine", c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(0)))
+                          mappers.make("affine", c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(0)))
   (path / broken).write_bytes(b"\x00 not what it should be")
   with pytest.raises(ValueError, match=broken.split("/")[-1]):
     psynth.load("tiny-random", adapter=path)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from psynth.cache import mapper as mapper_lib
-from psynth.cache import ops, reencode
+from psynth.cache import mappers, ops, reencode
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model import rope
 from psynth.model.config import ModelConfig
@@ -50,7 +49,7 @@ def test_one_branch_sequential_equals_one_forward(tiny_checkpoint):
   synth = rng.randint(0, 128, 7).tolist()
   engine = Engine(model)
   br = encode_branches(engine, [[]], [branch])
-  mapper = mapper_lib.CacheMapper("affine", model.config.num_layers, model.config.num_kv_heads,
+  mapper = mappers.make("affine", model.config.num_layers, model.config.num_kv_heads,
                                   rngs=nnx.Rngs(0))
   logits, _, next_pos = cache_prefill(engine, br, [synth], mode="sequential",
                                       adapter=Adapter(mapper=mapper, lora=False))
@@ -86,28 +85,32 @@ def test_after_prefix_equals_a_cache_built_by_hand(tiny_checkpoint):
 
 
 def test_mapper_is_identity_at_init_and_has_260_params():
-  for kind in mapper_lib.MAPPER_KINDS:
-    m = mapper_lib.CacheMapper(kind, 4, 2, rngs=nnx.Rngs(0))
-    c = mapper_lib.coefficients(m, jnp.array([[5, 9, 1]]))
-    np.testing.assert_array_equal(np.asarray(c[0]), 1.0)  # a_k
-    np.testing.assert_array_equal(np.asarray(c[1]), 0.0)  # b_k
-    np.testing.assert_array_equal(np.asarray(c[2]), 1.0)  # a_v
-    np.testing.assert_array_equal(np.asarray(c[3]), 0.0)  # b_v
-  affine = mapper_lib.CacheMapper("affine", 30, 3, rngs=nnx.Rngs(0))
-  n = sum(x.size for x in jax.tree.leaves(nnx.state(affine, mapper_lib.MapperParam)))
+  assert mappers.KINDS == ("none", "affine", "per_head")
+  assert mappers.make("none", 4, 2) is None
+  for kind in mappers.KINDS[1:]:
+    m = mappers.make(kind, 4, 2, rngs=nnx.Rngs(0))
+    assert type(m).kind == kind
+    c = m.coefficients(jnp.array([[5, 9, 1]]))  # [B, N, L, 4, K]
+    assert c.shape == (1, 3, 4, 4, 2)
+    np.testing.assert_array_equal(np.asarray(c[..., 0, :]), 1.0)  # a_k
+    np.testing.assert_array_equal(np.asarray(c[..., 1, :]), 0.0)  # b_k
+    np.testing.assert_array_equal(np.asarray(c[..., 2, :]), 1.0)  # a_v
+    np.testing.assert_array_equal(np.asarray(c[..., 3, :]), 0.0)  # b_v
+  affine = mappers.make("affine", 30, 3, rngs=nnx.Rngs(0))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(affine, mappers.MapperParam)))
   assert n == 260
 
 
 def test_trained_mapper_changes_only_valid_slots(tiny_checkpoint):
   model = _model(tiny_checkpoint)
   br = encode_branches(Engine(model), [[1, 2, 3], [4, 5]], [[7, 8, 9, 10], [11]])
-  m = mapper_lib.CacheMapper("per_head", model.config.num_layers, model.config.num_kv_heads,
+  m = mappers.make("per_head", model.config.num_layers, model.config.num_kv_heads,
                              rngs=nnx.Rngs(0))
   m.w2.set_value(jnp.ones_like(m.w2[...]))  # pretend training moved it
   inv_freq = jnp.asarray(rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)[0])
   lengths = jnp.asarray(br.lengths)[None]
   starts = jnp.asarray(br.prompt_lens)[None]  # where they are: no re-encoding
-  out = reencode.merge(br.cache, starts, inv_freq, mapper_lib.coefficients(m, lengths))
+  out = reencode.merge(br.cache, starts, inv_freq, m, lengths)
   plain = reencode.merge(br.cache, starts, inv_freq)
   valid = np.asarray(plain.valid)[None, :, :, None, None]
   changed = np.asarray(out.k) != np.asarray(plain.k)
@@ -179,12 +182,12 @@ def test_bad_inputs(tiny_checkpoint):
   with pytest.raises(ValueError, match="position mode 'diagonal' unknown"):
     cache_prefill(engine, br, [[1, 2, 3]], mode="diagonal")
   with pytest.raises(ValueError, match=r"mapper kind='mlp'; supported"):
-    mapper_lib.CacheMapper("mlp", 2, 2, rngs=nnx.Rngs(0))
+    mappers.make("mlp", 2, 2, rngs=nnx.Rngs(0))
 
 
 def test_mapper_checkpoint_round_trip_and_shape_check(tmp_path):
   from psynth.convert.mapper_io import load_mapper, save_mapper
-  m = mapper_lib.CacheMapper("per_head", 4, 2, rngs=nnx.Rngs(0))
+  m = mappers.make("per_head", 4, 2, rngs=nnx.Rngs(0))
   m.w2.set_value(jax.random.normal(jax.random.key(1), m.w2.shape))
   save_mapper(m, tmp_path / "mapper")
   back = load_mapper(tmp_path / "mapper", 4, 2)
@@ -220,7 +223,7 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   for blk in model.layers:
     blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.03))
   cfg = model.config
-  mapper = mapper_lib.CacheMapper("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
   mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
   rng = np.random.RandomState(7)
   shared = [1, 2, 3, 4]
@@ -239,9 +242,9 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   starts, start = branch_starts(np.asarray(br.lengths, np.int64), mode, P)
   inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   moved = ops.reposition(br.cache, jnp.asarray(starts, jnp.int32), jnp.asarray(inv_freq))
-  a_k, b_k, a_v, b_v = mapper_lib.coefficients(mapper, jnp.asarray(br.lengths)[None])[:, 0]
-  c = lambda x: x.transpose(1, 0, 2)[:, :, None, :, None]  # [N, L, K] -> [L, N, 1, K, 1]
-  k, v = mapper_lib.calibrate(moved.k, moved.v, moved.valid, (c(a_k), c(b_k), c(a_v), c(b_v)))
+  coefs = mapper.coefficients(jnp.asarray(br.lengths)[None])[0]  # [N, L, 4, K]
+  c = lambda i: coefs[:, :, i].transpose(1, 0, 2)[:, :, None, :, None]  # [L, N, 1, K, 1]
+  k, v = mappers.calibrate(moved.k, moved.v, moved.valid, (c(0), c(1), c(2), c(3)))
   moved = ops.merge_rows(moved.replace(k=k, v=v), 3)
   if P:
     moved = ops.concat_slots(ops.truncate(br.prefix, P), moved)

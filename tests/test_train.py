@@ -93,8 +93,12 @@ def test_resume_continues_the_same_run(tmp_path):
   first = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "b", **kw), mesh=one_device())
   part = first.fit(data, val, until=3, progress=False)  # "killed" after step 3's checkpoint
   again = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "b", **kw), mesh=one_device())
+  scored, evaluate = [], again.evaluate
+  again.evaluate = lambda items, method: scored.append(method) or evaluate(items, method)
   rest = again.fit(data, val, progress=False)
   assert part.steps == [1, 2, 3] and rest.steps == [4, 5, 6]
+  assert "naive" not in scored and "text" not in scored  # baselines read back, not re-run
+  assert (rest.naive_eval, rest.text_eval) == (part.naive_eval, part.text_eval)
   np.testing.assert_allclose(part.losses + rest.losses, full.losses, rtol=0, atol=1e-6)
   assert rest.eval[-1][1] == pytest.approx(full.eval[-1][1], abs=1e-6)
   assert math.isfinite(full.text_eval) and full.text_eval != full.naive_eval
@@ -232,7 +236,7 @@ def test_data_file_with_missing_fields_is_refused(tmp_path):
 
 def test_qwen3_14b_config_shapes(tmp_path):
   """The reference-scale config builds and its train step type-checks, by shapes only."""
-  from psynth.cache.mapper import CacheMapper
+  from psynth.cache import mappers
   from psynth.model.config import ModelConfig
   from psynth.model.lora import add_lora
   from psynth.model.transformer import Transformer
@@ -245,7 +249,7 @@ def test_qwen3_14b_config_shapes(tmp_path):
   def build():
     model = add_lora(Transformer(mc, rngs=nnx.Rngs(0)), rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                      targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(1))
-    return step_lib.Synthesizer(model, CacheMapper(cfg.mapper.kind, mc.num_layers,
+    return step_lib.Synthesizer(model, mappers.make(cfg.mapper.kind, mc.num_layers,
                                                    mc.num_kv_heads, rngs=nnx.Rngs(2)))
 
   synth = nnx.eval_shape(build)

@@ -34,8 +34,7 @@ from flax import nnx
 from psynth.bench import hf_reference
 from psynth.bench.prefill import hf_model
 from psynth.bench.timing import markdown_table, time_interleaved
-from psynth.cache import mapper as mapper_lib
-from psynth.cache import reencode
+from psynth.cache import mappers, reencode
 from psynth.model import rope
 from psynth.model.lora import add_lora
 from psynth.model.transformer import forward
@@ -77,8 +76,8 @@ def _floor_fn(engine: Engine, br, synth_ids, adapter: Adapter):
   cfg = engine.config
   inv_freq, _ = rope.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   lengths_BxN = jnp.asarray(br.lengths)[None]
-  coefs = mapper_lib.coefficients(adapter.mapper, lengths_BxN)
-  merged = reencode.merge(br.cache, jnp.zeros_like(lengths_BxN), jnp.asarray(inv_freq), coefs)
+  merged = reencode.merge(br.cache, jnp.zeros_like(lengths_BxN), jnp.asarray(inv_freq),
+                          adapter.mapper, lengths_BxN)
   tokens, positions = right_pad([synth_ids], bucket(len(synth_ids)),
                                 start=int(br.lengths.max()))
   graphdef = engine.graphdef
@@ -113,7 +112,7 @@ def run(loaded: Loaded, n_branches=(2, 4, 8), branch_tokens=(128, 512, 1024), ru
   cfg = loaded.config
   add_lora(loaded.model, rank=16, alpha=32, rngs=nnx.Rngs(seed))
   engine = Engine(loaded.model)  # sees the LoRA parameters
-  mapper = mapper_lib.CacheMapper("affine", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(seed))
+  mapper = mappers.make("affine", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(seed))
   adapter = Adapter(mapper=mapper, lora=True)
   hf = hf_model(loaded)
   tok = loaded.tokenizer

@@ -5,7 +5,8 @@ all call it. Branch caches come as rows `[L, B*N, S, ...]`: row b*N + j is branc
 example b (an example with fewer than N branches has empty rows: no valid slot, length 0).
 
 Per layer, the transform is: rotate each branch's keys by its position delta (values
-untouched), then K' = a_k K + b_k, V' = a_v V + b_v with the mapper's coefficients. It is
+untouched), then calibrate them with the mapper (`mappers/`: its coefficients per branch,
+layer and KV head, and how its kind applies them). It is
 written once (`transform`) and applied either
 - eagerly to every layer at once (`merge`): differentiable, what training and the decode
   cache use; or
@@ -21,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psynth.cache import mapper as mapper_lib
 from psynth.cache import ops, rotary
 from psynth.cache.kv_cache import KVCache
+from psynth.cache.mappers import CacheMapper
 
 MODES = ("shared_start", "after_prefix", "sequential")
 
@@ -50,13 +51,14 @@ def branch_starts(lengths_xN, mode: str, prefix_len: int = 0):
   return ends - lengths_xN, ends[..., -1]
 
 
-def transform(k, v, valid_RxS, cos_RxSxE, sin_RxSxE, coefs=None):
+def transform(k, v, valid_RxS, cos_RxSxE, sin_RxSxE, mapper: CacheMapper | None = None,
+              coefs=None):
   """One layer's (`k, v [R, S, K, E]`) or every layer's (`[L, R, S, K, E]`) branch K/V,
-  re-encoded by the (cos, sin) of each slot's delta and calibrated by `coefs` (a_k, b_k,
-  a_v, b_v broadcastable to k: `[4, (L,) R, 1, K, 1]`, or None for no mapper)."""
+  re-encoded by the (cos, sin) of each slot's delta, then calibrated by `mapper` with its
+  coefficients in row form (`[(L,) R, C, K]`, `_rows_coefs`); no mapper: not calibrated."""
   k = rotary.rotate(k, cos_RxSxE, sin_RxSxE)
-  if coefs is not None:
-    k, v = mapper_lib.calibrate(k, v, valid_RxS, coefs)
+  if mapper is not None:
+    k, v = mapper.apply(k, v, valid_RxS, coefs)
   return k, v
 
 
@@ -67,28 +69,31 @@ def _setup(branches: KVCache, starts_BxN, inv_freq):
   return branches.positions + delta_RxS, cos, sin
 
 
-def _rows_coefs(coefs_4xBxNxLxK):
-  """Mapper coefficients `[4, B, N, L, K]` -> `[4, L, B*N, 1, K, 1]` (k/v broadcast form)."""
-  c = coefs_4xBxNxLxK
-  _, B, N, L, K = c.shape
-  return c.reshape(4, B * N, L, K).transpose(0, 2, 1, 3)[:, :, :, None, :, None]
+def _rows_coefs(mapper: CacheMapper | None, lengths_BxN):
+  """The mapper's coefficients `[B, N, L, C, K]` in row form `[L, B*N, C, K]` (or None)."""
+  if mapper is None:
+    return None
+  c = mapper.coefficients(jnp.asarray(lengths_BxN))
+  B, N, L = c.shape[:3]
+  return jnp.moveaxis(c.reshape(B * N, L, *c.shape[3:]), 1, 0)
 
 
-def merge(branches: KVCache, starts_BxN, inv_freq, coefs=None) -> KVCache:
+def merge(branches: KVCache, starts_BxN, inv_freq, mapper: CacheMapper | None = None,
+          lengths_BxN=None) -> KVCache:
   """Eager: `[L, B*N, S]` branch rows -> a `[L, B, N*S]` merged cache (all layers at once).
 
-  `starts_BxN`: each branch's new first position (`branch_starts`); `coefs`: the mapper's
-  `[4, B, N, L, K]` (`mapper.coefficients`) or None.
+  `starts_BxN`: each branch's new first position (`branch_starts`); `mapper` (or None) with
+  the branch lengths `[B, N]` its features read (0 for the empty rows padding an example).
   """
   N = jnp.shape(starts_BxN)[-1]
   positions, cos, sin = _setup(branches, starts_BxN, inv_freq)
-  k, v = transform(branches.k, branches.v, branches.valid, cos, sin,
-                   None if coefs is None else _rows_coefs(coefs))
+  k, v = transform(branches.k, branches.v, branches.valid, cos, sin, mapper,
+                   _rows_coefs(mapper, lengths_BxN))
   return ops.merge_rows(branches.replace(k=k, v=v, positions=positions), N)
 
 
-def lazy_merge(branches: KVCache, starts_BxN, inv_freq, coefs=None,
-               prefix: KVCache | None = None):
+def lazy_merge(branches: KVCache, starts_BxN, inv_freq, mapper: CacheMapper | None = None,
+               lengths_BxN=None, prefix: KVCache | None = None):
   """Lazy: (cache, view) for `forward(..., cache, cache_view=view, write=False)`.
 
   `cache` is B rows of [prefix slots] + N*S branch slots at their new positions, the
@@ -104,12 +109,12 @@ def lazy_merge(branches: KVCache, starts_BxN, inv_freq, coefs=None,
   if prefix is not None:
     P = prefix.slots
     merged = ops.concat_slots(prefix, merged)
-  rows_coefs = None if coefs is None else _rows_coefs(coefs)
+  rows_coefs = _rows_coefs(mapper, lengths_BxN)
 
   def view(layer: int, k_BxSxKxE, v_BxSxKxE):
     rows = lambda a: a[:, P:].reshape(R, S, K, E)
-    c = None if rows_coefs is None else rows_coefs[:, layer]
-    k, v = transform(rows(k_BxSxKxE), rows(v_BxSxKxE), branches.valid, cos, sin, c)
+    c = None if rows_coefs is None else rows_coefs[layer]
+    k, v = transform(rows(k_BxSxKxE), rows(v_BxSxKxE), branches.valid, cos, sin, mapper, c)
 
     def join(whole, rows):  # the prefix slots untouched, then each example's N branches
       rows = rows.reshape(B, N * S, K, E)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
-from psynth.cache.mapper import CacheMapper
+from psynth.cache.mappers import CacheMapper
 from psynth.convert import lora_names, mapper_io
 from psynth.convert.files import read_json, read_tensors
 from psynth.atomic import atomic_dir

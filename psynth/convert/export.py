@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from psynth.cache.mapper import CacheMapper
+from psynth.cache.mappers import CacheMapper
 from psynth.convert import adapter_dir, peft_io, reference_release
 from psynth.convert.hf_checkpoint import load_params
 from psynth.convert.merged_export import save_merged

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from psynth.cache.mapper import CacheMapper
+from psynth.cache import mappers
+from psynth.cache.mappers import CacheMapper
 from psynth.convert import lora_names, peft_io
 from psynth.atomic import atomic_dir
 from psynth.model.transformer import Transformer
@@ -103,7 +103,7 @@ def load_reference_release(release_dir: str | Path, model: Transformer) -> Cache
   mapper = None
   if has_mapper:
     cfg = model.config
-    mapper = CacheMapper("affine", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(0))
+    mapper = mappers.make("affine", cfg.num_layers, cfg.num_kv_heads)
     config_path = release_dir / MAPPER_CONFIG
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     hidden = mapper.w1.shape[1]

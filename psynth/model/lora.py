@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psynth.cache.mapper import CacheMapper
+from psynth.cache.mappers import CacheMapper
 from psynth.model.transformer import Dense, Transformer
 
 ATTENTION_TARGETS = ("q", "k", "v", "o")

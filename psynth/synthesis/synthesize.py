@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from psynth.cache import mapper as mapper_lib
 from psynth.cache import ops, reencode
 from psynth.cache.kv_cache import KVCache
 from psynth.model import rope
@@ -55,14 +54,12 @@ def branch_layout(branches: Branches) -> tuple[np.ndarray | None, np.ndarray]:
 
 def _merge_inputs(mapper_graphdef, mapper_state, branches: KVCache, rows, lengths_BxN,
                   starts_BxN, rope_cfg, head_dim):
-  """The pieces both halves of the cache path need: branch rows, rope frequencies, coefs."""
+  """The pieces both halves of the cache path need: branch rows, rope frequencies, mapper."""
   if rows is not None:
     branches = ops.gather_rows(branches, rows)
   inv_freq, _ = rope.inv_freq_and_scale(rope_cfg, head_dim)
-  coefs = None
-  if mapper_graphdef is not None:
-    coefs = mapper_lib.coefficients(nnx.merge(mapper_graphdef, mapper_state), lengths_BxN)
-  return branches, jnp.asarray(inv_freq), coefs
+  mapper = None if mapper_graphdef is None else nnx.merge(mapper_graphdef, mapper_state)
+  return branches, jnp.asarray(inv_freq), mapper
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora"))
@@ -73,11 +70,12 @@ def _first_logits(graphdef, state, mapper_graphdef, mapper_state, branches: KVCa
   (last logits [B, V], the prompts' own K/V as a T-slot cache)."""
   model: Transformer = nnx.merge(graphdef, state)
   cfg = model.config
-  branches, inv_freq, coefs = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
-                                            lengths_BxN, starts_BxN, cfg.rope, cfg.head_dim)
+  branches, inv_freq, mapper = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
+                                             lengths_BxN, starts_BxN, cfg.rope, cfg.head_dim)
   if prefix is not None:
     prefix = ops.tile_rows(prefix, tokens.shape[0])
-  merged, view = reencode.lazy_merge(branches, starts_BxN, inv_freq, coefs, prefix)
+  merged, view = reencode.lazy_merge(branches, starts_BxN, inv_freq, mapper, lengths_BxN,
+                                     prefix)
   logits, own = forward(model, tokens, positions, merged, last_only=True, lora=lora,
                         cache_view=view, write=False)
   return logits[:, 0], own
@@ -90,9 +88,9 @@ def _decode_cache(rope_cfg, head_dim, mapper_graphdef, mapper_state, branches: K
                   extra_slots: int) -> KVCache:
   """The merged cache decoding continues from: re-encoded, mapped branches (after the prefix),
   then the prompts' K/V, then `extra_slots` empty slots; its `end` is after the prompts."""
-  branches, inv_freq, coefs = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
-                                            lengths_BxN, starts_BxN, rope_cfg, head_dim)
-  merged = reencode.merge(branches, starts_BxN, inv_freq, coefs)
+  branches, inv_freq, mapper = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
+                                             lengths_BxN, starts_BxN, rope_cfg, head_dim)
+  merged = reencode.merge(branches, starts_BxN, inv_freq, mapper, lengths_BxN)
   if prefix is not None:  # after_prefix: the real shared prefix sits before the branches
     merged = ops.concat_slots(ops.tile_rows(prefix, own.batch), merged)
   return ops.extend(ops.concat_slots(merged, own), extra_slots)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from psynth.cache import mapper as mapper_lib
 from psynth.cache import ops, reencode
 from psynth.cache.kv_cache import KVCache
+from psynth.cache.mappers import CacheMapper
 from psynth.model import rope
 from psynth.model.transformer import Transformer, forward, init_cache
 
@@ -41,7 +41,7 @@ def branch_caches(model: Transformer, prefix_tokens, prefix_positions, worker_to
   return jax.lax.stop_gradient(rows.replace(valid=rows.valid & keep))
 
 
-def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, branches: KVCache,
+def synth_logits(model: Transformer, mapper: CacheMapper | None, branches: KVCache,
                  lengths_BxN, synth_tokens, synth_positions, *, mode: str = "shared_start",
                  lora: bool = True, scan: bool = False, remat: bool = False) -> jax.Array:
   """float32 logits `[B, T, V]` of the synthesizer rows read against the merged branches
@@ -53,8 +53,8 @@ def synth_logits(model: Transformer, mapper: mapper_lib.CacheMapper | None, bran
   inv_freq, _ = rope.inv_freq_and_scale(model.config.rope, model.config.head_dim)
   lengths_BxN = jnp.asarray(lengths_BxN)
   starts_BxN, synth_start = reencode.branch_starts(lengths_BxN, mode)
-  coefs = None if mapper is None else mapper_lib.coefficients(mapper, lengths_BxN)
-  merged = ops.extend(reencode.merge(branches, starts_BxN, jnp.asarray(inv_freq), coefs), T)
+  merged = ops.extend(reencode.merge(branches, starts_BxN, jnp.asarray(inv_freq), mapper,
+                                     lengths_BxN), T)
   positions = jnp.where(synth_positions >= 0, synth_positions + synth_start[:, None], -1)
   logits, _ = forward(model, synth_tokens, positions, merged, lora=lora, scan=scan, remat=remat)
   return logits

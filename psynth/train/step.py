@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from psynth.cache.mapper import CacheMapper, MapperParam
+from psynth.cache.mappers import CacheMapper, MapperParam
 from psynth.model.transformer import Transformer
 from psynth.sharding import logical_spec
 from psynth.train import loss as loss_lib

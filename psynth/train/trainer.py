@@ -22,7 +22,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from psynth import sharding
-from psynth.cache.mapper import CacheMapper
+from psynth.cache import mappers
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
 from psynth.train import batch as batch_lib
@@ -43,8 +43,7 @@ def build_synthesizer(loaded: Loaded, cfg) -> step_lib.Synthesizer:
   c = loaded.config
   model = add_lora(loaded.model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                    targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(cfg.seed))
-  mapper = (None if cfg.mapper.kind == "none" else
-            CacheMapper(cfg.mapper.kind, c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(cfg.seed + 1)))
+  mapper = mappers.make(cfg.mapper.kind, c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(cfg.seed + 1))
   return step_lib.Synthesizer(model, mapper)
 
 
@@ -229,7 +228,7 @@ class Trainer:
     log.info("%d training examples in %d shape groups (branches, row tokens): %s",
              len(train_items), len(group_ids), sorted(group_ids))
     if val_items:
-      self._baselines(hist, val_items, acc_examples, writer, start)
+      self._baselines(hist, val, val_items, acc_examples, writer, start)
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
                disable=not progress or jax.process_index() != 0)
@@ -307,16 +306,33 @@ class Trainer:
       out.update(ce=m["ce"], kl=m["kl"])
     return out
 
-  def _baselines(self, hist: History, val_items, acc_examples, writer, step: int) -> None:
-    """What training starts from and aims at: the naive cache path and text synthesis."""
-    hist.naive_eval = self.evaluate(val_items, "naive")
-    hist.text_eval = self.evaluate(val_items, "text")
-    scalars = {"eval/naive_loss": hist.naive_eval, "eval/text_loss": hist.text_eval}
-    if acc_examples:
-      hist.naive_accuracy = self.accuracy(acc_examples, "naive")
-      hist.text_accuracy = self.accuracy(acc_examples, "text")
-      scalars.update({"eval/naive_accuracy": hist.naive_accuracy,
-                      "eval/text_accuracy": hist.text_accuracy})
+  def _baselines(self, hist: History, val, val_items, acc_examples, writer, step: int) -> None:
+    """What training starts from and aims at: the naive cache path and text synthesis.
+
+    They do not depend on the adapter, so they are measured once per (base model, val
+    examples, lengths) and kept in `WORKDIR/baselines.json`: a resumed run reads them.
+    """
+    cfg = self.cfg
+    path = f"{str(cfg.workdir).rstrip('/')}/{val_accuracy.BASELINES}"
+    sig = {k: v for k, v in self.signature.items() if k not in ("lora", "mapper")}
+    key = val_accuracy.baselines_key(
+        cfg.model.name, sig, val, acc_examples,
+        dict(mode=cfg.synthesis.mode, branch=cfg.data.max_branch_tokens,
+             target=cfg.data.max_target_tokens, batch=cfg.train.val_batch))
+    scalars = val_accuracy.read_baselines(path, key)
+    if scalars is None:
+      scalars = {"eval/naive_loss": self.evaluate(val_items, "naive"),
+                 "eval/text_loss": self.evaluate(val_items, "text")}
+      if acc_examples:
+        scalars.update({"eval/naive_accuracy": self.accuracy(acc_examples, "naive"),
+                        "eval/text_accuracy": self.accuracy(acc_examples, "text")})
+      if jax.process_index() == 0:
+        val_accuracy.write_baselines(path, key, scalars)
+    else:
+      log.info("val baselines read from %s", path)
+    hist.naive_eval, hist.text_eval = scalars["eval/naive_loss"], scalars["eval/text_loss"]
+    hist.naive_accuracy = scalars.get("eval/naive_accuracy")
+    hist.text_accuracy = scalars.get("eval/text_accuracy")
     log.info("val baselines: %s", {k: round(v, 4) for k, v in scalars.items()})
     writer.write(step, scalars)
 

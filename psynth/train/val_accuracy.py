@@ -8,6 +8,7 @@ the workdir (`best_adapter/`, `best.json`), so a resumed run keeps comparing aga
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -81,3 +82,29 @@ def read_best(workdir: str) -> tuple[int, float] | None:
 def write_best(workdir: str, step: int, accuracy: float, loss: float) -> None:
   atomic.write_text(Path(workdir) / BEST, json.dumps(
       {"step": step, "accuracy": accuracy, "val_loss": loss}, indent=1) + "\n")
+
+
+BASELINES = "baselines.json"
+
+
+def baselines_key(model_name: str, signature: dict, val: Sequence[Example],
+                  acc: Sequence[Example], settings: dict) -> str:
+  """What the untrained baselines depend on: the base model, the val examples scored, and
+  the lengths/mode they are scored with (not the adapter, which they do not use)."""
+  blob = json.dumps([model_name, signature, [ex.id for ex in val], [ex.id for ex in acc],
+                     settings], sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_baselines(path: str | Path, key: str) -> dict[str, float] | None:
+  """The baselines a run (this one before a restart, or another run on the same val data and
+  base model: copy its file) measured, if they were measured under `key`."""
+  path = Path(path)
+  if not path.exists():
+    return None
+  d = json.loads(path.read_text())
+  return d["scalars"] if d.get("key") == key else None
+
+
+def write_baselines(path: str | Path, key: str, scalars: dict[str, float]) -> None:
+  atomic.write_text(Path(path), json.dumps({"key": key, "scalars": scalars}, indent=1) + "\n")
