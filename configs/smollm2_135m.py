@@ -6,8 +6,6 @@
 
 import ml_collections
 
-from psynth.data.main import default_config as data_config
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -25,15 +23,20 @@ def get_config() -> ml_collections.ConfigDict:
   # The synthesizer adapter (reference: rank 16, alpha 32 on q/k/v/o) and the cache mapper.
   c.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, targets=("q", "k", "v", "o")))
   c.mapper = ml_collections.ConfigDict(dict(kind="affine"))  # affine | per_head | none
-  # Training data (`python -m psynth data`): examples built from the benchmark files, then
-  # their worker branches generated once; fields in psynth/data/main.py. Training reads
-  # out_dir/{train,val}.branches.jsonl, cutting branches and targets to these lengths.
-  c.data = data_config()
-  c.data.out_dir = "runs/data/smollm2_135m"
-  # Evidence branches of at most 64 words (~90 tokens: all of a branch fits max_branch_tokens,
-  # so no needle is cut off) keep a 2-core CPU's training step short; eval reads the same.
-  c.data.max_words = 64
-  c.data.max_branch_tokens, c.data.max_target_tokens = 112, 48
+  # Training data (`python -m psynth data`): examples built from the benchmark files
+  # (`builders`, () = psynth.data.build.DEFAULT_BUILDERS), then the worker branches of the
+  # generated kinds decoded once. Training reads out_dir/{train,val}.branches.jsonl, cutting
+  # branches and targets to max_branch_tokens / max_target_tokens. Evidence branches of at
+  # most 64 words (~90 tokens: all of a branch fits max_branch_tokens, so no needle is cut
+  # off) keep a 2-core CPU's training step short; eval reads the same.
+  c.data = ml_collections.ConfigDict(dict(
+      data_dir="",  # "" -> $PSYNTH_DATA, else ../shared/data next to the repository
+      out_dir="runs/data/smollm2_135m", builders=(), num_branches=3, seed=0,
+      limit_per_source=200,  # records per builder; 0 = all
+      val_fraction=0.1, max_branch_words=64, distill_fraction=0.25,
+      generate=True,  # False: build the example files only
+      worker_max_new_tokens=48, max_new_tokens=32,  # the generated kinds' workers / answers
+      batch_examples=4, max_branch_tokens=112, max_target_tokens=48))
   c.train = ml_collections.ConfigDict(dict(
       steps=300, batch_size=4, grad_accum=1, lr=1e-4, warmup_steps=20, final_lr_fraction=0.1,
       weight_decay=0.0, grad_clip=1.0, kl_weight=0.0, eval_every=50, save_every=50,
@@ -45,11 +48,15 @@ def get_config() -> ml_collections.ConfigDict:
       # Layers as one lax.scan (weights stacked per call; compiles one layer) and remat. On
       # this CPU the unrolled loop is as fast; large models on accelerators want both.
       scan_layers=False, remat=False))
-  # Evaluation (`python -m psynth eval`): branches per task, how sampled workers sample, and
-  # the word budget of an evidence chunk; lengths and mode come from `synthesis`.
-  # held_out_from: a train.jsonl whose source questions every task leaves out (set it to the
-  # adapter's training file when evaluating method psynth; "" keeps every example).
+  # Evaluation (`python -m psynth eval`): which tasks and methods (comma-separated), examples
+  # per task (0 = all), where predictions go (a rerun resumes), shards (-1: the JAX process
+  # count / index); branches per task, how sampled workers sample, and the word budget of an
+  # evidence chunk; lengths and mode come from `synthesis`. held_out_from: a train.jsonl whose
+  # source questions every task leaves out (set it to the adapter's training file when
+  # evaluating method psynth; "" keeps every example). merge_only: only merge the shards.
   c.eval = ml_collections.ConfigDict(dict(
+      tasks="arc_easy,hotpotqa", methods="single,text,naive", limit=0, output_dir="runs/eval",
+      num_shards=-1, shard_id=-1, gaia_dir="", merge_only=False,
       num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=64,
       held_out_from="", batch=16))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.

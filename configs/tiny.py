@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "tiny-random"
   c.lora.rank, c.lora.alpha = 4, 8.0
   c.data.out_dir = "runs/data/tiny"
-  c.data.update(limit_per_source=5, worker_tokens=8, answer_tokens=8)
+  c.data.update(limit_per_source=5, worker_max_new_tokens=8, max_new_tokens=8)
   c.data.max_branch_tokens, c.data.max_target_tokens = 32, 24
   c.synthesis.worker_max_new_tokens, c.synthesis.max_new_tokens = 8, 8
   c.train.update(steps=20, batch_size=2, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10,

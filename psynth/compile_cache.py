@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from psynth.convert.default_model import cache_root
+from psynth.paths import cache_root
 
 log = logging.getLogger(__name__)
 OFF = ("none", "off", "false")

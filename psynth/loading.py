@@ -16,7 +16,7 @@ from psynth.convert.export import load_any_adapter
 from psynth.convert.hf_checkpoint import load_params
 from psynth.convert.resolve import resolve_checkpoint
 from psynth.model.config import SUPPORTED_DTYPES, ModelConfig
-from psynth.model.lora import Adapter
+from psynth.synthesis.adapter import Adapter
 from psynth.model.transformer import Transformer
 from psynth.synthesis.generate import Engine
 

@@ -17,7 +17,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # logical axis -> mesh axis (or a tuple of mesh axes, or None for replicated).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("branches", ("data", "fsdp")),
     ("seq", None),
     ("cache_seq", None),
     ("layers", None),

@@ -78,3 +78,12 @@ def padded_batch(vocab: int, lengths, seed=0):
   mask = np.arange(T)[None] < np.asarray(lengths)[:, None]
   positions = np.where(mask, np.arange(T)[None], -1).astype(np.int32)
   return tokens, mask, positions
+
+
+def run_programs(programs, limits, workers: int = 2):
+  """`sandbox.run_program` over many programs, `workers` at a time, results in input order."""
+  import concurrent.futures
+
+  from psynth.eval.sandbox import run_program
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # threads only wait on children
+    return list(pool.map(lambda p: run_program(p, limits), programs))

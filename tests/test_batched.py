@@ -11,7 +11,8 @@ import psynth
 from psynth.cache import mappers
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model.config import ModelConfig
-from psynth.model.lora import Adapter, add_lora
+from psynth.synthesis.adapter import Adapter
+from psynth.model.lora import add_lora
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine, SamplingConfig
 from psynth.synthesis.synthesize import synthesize_from_branches
@@ -43,7 +44,7 @@ def setup(tiny_checkpoint):
   return Engine(model), Adapter(mapper, lora=True), examples
 
 
-@pytest.mark.parametrize("method", ["text", "naive", "cache"])
+@pytest.mark.parametrize("method", ["text", "naive", "psynth"])
 def test_batched_synthesis_equals_one_at_a_time(setup, method):
   """Tokens of every row equal the same example synthesized alone (greedy, own stops)."""
   engine, adapter, examples = setup
@@ -69,7 +70,7 @@ def test_the_adapter_changes_the_answers(setup):
   run = lambda m: [r.answer_ids for r in synthesize_from_branches(
       engine, batch, m, [ex[2] for ex in examples], SamplingConfig(max_new_tokens=10),
       adapter=adapter)]
-  assert run("cache") != run("naive")
+  assert run("psynth") != run("naive")
 
 
 def test_bad_batches_name_the_example():

@@ -53,9 +53,9 @@ def test_the_three_notebooks_exist_and_share_the_first_cell_contract():
 
 
 def check_quickstart(text: str) -> None:
-  for method in ("text", "cache"):
+  for method in ("text", "psynth"):
     assert number(rf"{method}\s+TTFT\s+([\d.]+) ms", text) > 0
-  assert number(r"TTFT ratio text / cache: ([\d.]+)x", text) > 0
+  assert number(r"TTFT ratio text / psynth: ([\d.]+)x", text) > 0
   assert len(re.findall(r"^worker \d: ", text, re.M)) == 4
 
 

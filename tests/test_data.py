@@ -19,7 +19,8 @@ from psynth.synthesis.prompts import ONE_SENTENCE, YES_NO, with_format
 from psynth.data.branches import _filled, generate_branches, load_examples
 from psynth.data.chunks import fit_paragraph
 from psynth.data.example import Example, is_empty_branch
-from psynth.data.main import default_config, main
+from psynth import config_files
+from psynth.commands.data import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark files not at {DATA}")
@@ -96,7 +97,7 @@ def test_missing_field_is_named_with_file_and_index(tmp_path):
 
 # --- builders ----------------------------------------------------------------------------------
 
-BUILT = dict(n_branches=3, seed=0, limit_per_source=30, val_fraction=0.2,
+BUILT = dict(num_branches=3, seed=0, limit_per_source=30, val_fraction=0.2,
              builders=build.DEFAULT_BUILDERS + ("dbot_context",))
 
 
@@ -113,7 +114,7 @@ def test_build_is_deterministic_and_split_by_question(built, tmp_path):
   assert build.build_dataset(DATA, again, **BUILT) == counts
   for f in ("train.jsonl", "val.jsonl"):
     assert (out / f).read_bytes() == (again / f).read_bytes()
-  cheap = dict(n_branches=3, limit_per_source=30, val_fraction=0.2,
+  cheap = dict(num_branches=3, limit_per_source=30, val_fraction=0.2,
                builders=("procedural_arith", "dbot_context"))
   build.build_dataset(DATA, tmp_path / "s0", seed=0, **cheap)
   build.build_dataset(DATA, tmp_path / "s1", seed=1, **cheap)
@@ -342,7 +343,7 @@ def test_dbot_inputs_never_carry_description_or_command(built):
 
 
 def test_main_builds_from_config(tmp_path):
-  cfg = ml_collections.ConfigDict(dict(data=default_config()))
+  cfg = ml_collections.ConfigDict(dict(data=config_files.load("smollm2_135m").data))
   cfg.data.update(out_dir=str(tmp_path), data_dir=str(DATA), generate=False,
                   builders=("procedural_arith", "dbot_context"), limit_per_source=10)
   counts = main(cfg)
@@ -383,7 +384,7 @@ def tiny_loaded(tiny_checkpoint, tmp_path_factory):
 
 
 def _tiny_examples() -> list[Example]:
-  cfg = build.BuildConfig(builders=("procedural_arith",), limit_per_source=4, max_words=12)
+  cfg = build.BuildConfig(builders=("procedural_arith",), limit_per_source=4, max_branch_words=12)
   exs = build.build_examples(cfg)
   copy = dataclasses.replace(exs[0], id=exs[0].id + "/distill", kind="distill", target="",
                              meta=dict(exs[0].meta, distill_of=exs[0].id))
@@ -395,7 +396,7 @@ def _tiny_examples() -> list[Example]:
 
 def test_generation_resumes_to_the_same_file(tiny_loaded, tmp_path):
   examples = _tiny_examples()
-  kw = dict(worker_tokens=6, answer_tokens=5, batch_examples=2, progress=False)
+  kw = dict(worker_max_new_tokens=6, max_new_tokens=5, batch_examples=2, progress=False)
   whole = tmp_path / "whole.jsonl"
   done = generate_branches(tiny_loaded, examples, whole, **kw)
   assert [e.id for e in done] == [e.id for e in examples] and whole.exists()
@@ -414,7 +415,7 @@ def test_generation_resumes_to_the_same_file(tiny_loaded, tmp_path):
   tok = tiny_loaded.tokenizer
   for e in got[:1] + got[2:]:
     assert len(e.branch_outputs) == len(e.branch_inputs) and e.text_answer is not None
-    assert e.meta["generation"] == dict(model="tiny", worker_tokens=6, answer_tokens=5)
+    assert e.meta["generation"] == dict(model="tiny", worker_max_new_tokens=6, max_new_tokens=5)
     assert [tok.decode(t, skip_special_tokens=True).strip() for t in
             e.meta["branch_token_ids"]] == e.branch_outputs
     assert all(len(t) <= 6 for t in e.meta["branch_token_ids"])
@@ -428,4 +429,4 @@ def test_generation_resumes_to_the_same_file(tiny_loaded, tmp_path):
   with pytest.raises(ValueError, match="made from other inputs"):
     generate_branches(tiny_loaded, examples[1:], whole, **kw)
   with pytest.raises(ValueError, match="generated with"):
-    generate_branches(tiny_loaded, examples, whole, **dict(kw, worker_tokens=7))
+    generate_branches(tiny_loaded, examples, whole, **dict(kw, worker_max_new_tokens=7))

@@ -170,13 +170,13 @@ def test_psynth_adapter_dir_round_trip_and_export_main(tiny_checkpoint, tmp_path
   # The CLI path: base model by name, adapter dir in, PEFT adapter out.
   import ml_collections
   cfg = ml_collections.ConfigDict(dict(model=dict(name=str(path), dtype="float32")))
-  out = export.export_main(cfg, "peft", src, tmp_path / "cli_peft")
+  out = export.export_main(cfg.model.name, cfg.model.dtype, "peft", src, tmp_path / "cli_peft")
   third = base_model(path)
   peft_io.load_peft_adapter(out, third)
   for k, v in lora_arrays(model).items():
     np.testing.assert_array_equal(lora_arrays(third)[k], v, err_msg=k)
   with pytest.raises(ValueError, match="'gguf'.*choose from"):
-    export.export_main(cfg, "gguf", src, tmp_path / "x")
+    export.export_main(cfg.model.name, cfg.model.dtype, "gguf", src, tmp_path / "x")
 
 
 def test_reference_release_round_trip_is_bit_exact(tiny_checkpoint, tmp_path):

@@ -185,5 +185,5 @@ def test_rerotate_is_a_pure_rotation(name):
 def test_bad_mode():
   model = _model("llama_gqa", layers=1)
   branches = ref.branch_caches(model, [[1, 2]], [[3, 4]])
-  with pytest.raises(ValueError, match=r"'diagonal'.*shared_start, sequential, after_prefix"):
+  with pytest.raises(ValueError, match=r"'diagonal'.*shared_start, after_prefix, sequential"):
     ref.cache_first_token(model, branches, [5, 6], mode="diagonal")

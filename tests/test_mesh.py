@@ -13,7 +13,7 @@ from psynth.model.config import ModelConfig
 from psynth.model.lora import add_lora
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine
-from psynth.model.lora import Adapter
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.synthesize import cache_prefill
 
 

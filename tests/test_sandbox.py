@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from psynth.eval import sandbox
-from psynth.eval.sandbox import Limits, run_program, run_programs
+from psynth.eval.sandbox import Limits, run_program
 
 ISO = sandbox.isolation()
 FAST = Limits(timeout_s=5, cpu_s=5, memory_mb=512, max_processes=16)
@@ -201,16 +201,8 @@ print(open("/proc/self/cgroup").read().count("psynth-sandbox-"))
   assert cgroups == ("1" if ISO.cgroup_base else "0")
 
 
-def test_batch_keeps_input_order():
-  results = run_programs(["print('a')", "raise SystemExit(3)", "print('c')"], FAST, workers=2)
-  assert [(r.status, r.returncode, r.stdout_tail) for r in results] == [
-      ("passed", 0, "a\n"), ("failed", 3, ""), ("passed", 0, "c\n")]
-
-
 def test_bad_arguments_name_the_value():
   with pytest.raises(ValueError, match=r"Limits.timeout_s=0; expected a positive number"):
     Limits(timeout_s=0)
   with pytest.raises(TypeError, match="program is a bytes; expected Python source as str"):
     run_program(b"print(1)")
-  with pytest.raises(ValueError, match="workers=0"):
-    run_programs(["print(1)"], workers=0)

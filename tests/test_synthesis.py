@@ -10,7 +10,8 @@ from psynth.cache import mappers, ops, reencode
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model import rope
 from psynth.model.config import ModelConfig
-from psynth.model.lora import Adapter, add_lora
+from psynth.synthesis.adapter import Adapter
+from psynth.model.lora import add_lora
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.fanout import encode_branches, run_workers
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket

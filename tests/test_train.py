@@ -18,8 +18,9 @@ from flax import nnx
 import psynth
 from psynth import config_files, sharding
 from psynth.data.example import Example
-from psynth.train import main as train_main
+from psynth.train.data import training_data
 from psynth.train.logs import read_scalars
+from psynth.train.settings import TrainSettings
 from psynth.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def test_training_lowers_loss_and_keeps_base_weights(tmp_path):
   loaded = psynth.load("tiny-random")
   before = frozen_arrays(loaded.model)
   cfg = tiny_cfg(tmp_path, steps=30, batch_size=2, lr=3e-2, warmup_steps=1, save_every=100)
-  trainer = Trainer(loaded, cfg, mesh=one_device())
+  trainer = Trainer(loaded, TrainSettings.from_config(cfg), mesh=one_device())
   fixed = examples(2)  # one fixed batch, seen every step
   hist = trainer.fit(fixed, progress=False)
   print(f"loss {hist.losses[0]:.4f} -> {hist.losses[-1]:.4f}")
@@ -88,11 +89,11 @@ def test_training_lowers_loss_and_keeps_base_weights(tmp_path):
 def test_resume_continues_the_same_run(tmp_path):
   data, val = examples(6), examples(2)
   kw = dict(steps=6, batch_size=2, lr=1e-2, warmup_steps=1, save_every=3, eval_every=3)
-  whole = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "a", **kw), mesh=one_device())
+  whole = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "a", **kw)), mesh=one_device())
   full = whole.fit(data, val, progress=False)
-  first = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "b", **kw), mesh=one_device())
+  first = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "b", **kw)), mesh=one_device())
   part = first.fit(data, val, until=3, progress=False)  # "killed" after step 3's checkpoint
-  again = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "b", **kw), mesh=one_device())
+  again = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "b", **kw)), mesh=one_device())
   scored, evaluate = [], again.evaluate
   again.evaluate = lambda items, method: scored.append(method) or evaluate(items, method)
   rest = again.fit(data, val, progress=False)
@@ -108,9 +109,9 @@ def test_mesh_of_8_devices_matches_one_device(tmp_path):
   assert jax.device_count() >= 8
   data = examples(8)
   kw = dict(steps=2, batch_size=4, grad_accum=1, lr=1e-2, warmup_steps=1, save_every=100)
-  ref = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "one", **kw), mesh=one_device())
+  ref = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "one", **kw)), mesh=one_device())
   mesh = sharding.make_mesh(2, 2, 2, devices=jax.devices()[:8])
-  big = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "eight", **kw), mesh=mesh)
+  big = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "eight", **kw)), mesh=mesh)
   a = ref.fit(data, progress=False)
   b = big.fit(data, progress=False)
   print("1 device", a.losses, "8 devices", b.losses)
@@ -120,7 +121,7 @@ def test_mesh_of_8_devices_matches_one_device(tmp_path):
 def test_padded_branches_change_nothing(tmp_path):
   """An example's loss is the same alone (2 branches) and in a batch padded to 3 branches."""
   from psynth.train import loss as loss_lib
-  trainer = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path, steps=1), mesh=one_device())
+  trainer = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path, steps=1)), mesh=one_device())
   synth = trainer.synthesizer()
   two = examples(1)[0]
   three = dataclasses.replace(two, id="three", branch_inputs=two.branch_inputs + ["x y"],
@@ -141,7 +142,7 @@ def test_padded_branches_change_nothing(tmp_path):
 
 def test_kl_term_towards_the_text_synthesizer(tmp_path):
   kw = dict(steps=2, batch_size=2, lr=1e-2, warmup_steps=1, save_every=100, kl_weight=0.5)
-  trainer = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path, **kw), mesh=one_device())
+  trainer = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path, **kw)), mesh=one_device())
   hist = trainer.fit(examples(2), progress=False)
   kl = read_scalars(tmp_path / "tensorboard", "train/kl")
   ce = read_scalars(tmp_path / "tensorboard", "train/ce")
@@ -153,9 +154,9 @@ def test_kl_term_towards_the_text_synthesizer(tmp_path):
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
   data = examples(4)
   kw = dict(steps=2, batch_size=4, lr=1e-2, warmup_steps=1, save_every=100)
-  a = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "a", grad_accum=1, **kw),
+  a = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "a", grad_accum=1, **kw)),
               mesh=one_device()).fit(data, progress=False)
-  b = Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path / "b", grad_accum=2, **kw),
+  b = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "b", grad_accum=2, **kw)),
               mesh=one_device()).fit(data, progress=False)
   np.testing.assert_allclose(b.losses, a.losses, rtol=0, atol=1e-5)
 
@@ -198,18 +199,18 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
   kw = dict(steps=1, batch_size=2, save_every=1)
-  Trainer(psynth.load("tiny-random"), tiny_cfg(tmp_path, **kw),
+  Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path, **kw)),
           mesh=one_device()).fit(examples(2), progress=False)
   cfg = tiny_cfg(tmp_path, **dict(kw, steps=2))
   cfg.lora.rank = 8
-  other = Trainer(psynth.load("tiny-random"), cfg, mesh=one_device())
+  other = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(cfg), mesh=one_device())
   with pytest.raises(ValueError, match=r"another configuration(.|\n)*'rank': 4(.|\n)*'rank': 8"):
     other.fit(examples(2), progress=False)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   cfg = tiny_cfg(tmp_path, steps=4, batch_size=2, lr=float("nan"), warmup_steps=0, save_every=1)
-  trainer = Trainer(psynth.load("tiny-random"), cfg, mesh=one_device())
+  trainer = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(cfg), mesh=one_device())
   with pytest.raises(FloatingPointError, match=r"loss is nan at step 2(.|\n)*step 1"):
     trainer.fit(examples(2), progress=False)
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -223,15 +224,15 @@ def test_data_file_with_missing_fields_is_refused(tmp_path):
   cfg = tiny_cfg(tmp_path / "run")
   cfg.data.out_dir = str(tmp_path)
   with pytest.raises(ValueError, match=r"train.branches.jsonl:1 is missing field\(s\) \['target'\]"):
-    train_main.training_data(cfg)
+    training_data(cfg.data.out_dir)
   del good["branch_outputs"]
   good["target"] = "x"
   (tmp_path / "train.branches.jsonl").write_text(json.dumps(good) + "\n")
   with pytest.raises(ValueError, match="has no branch_outputs"):
-    train_main.training_data(cfg)
+    training_data(cfg.data.out_dir)
   cfg.data.out_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="no training data"):
-    train_main.training_data(cfg)
+    training_data(cfg.data.out_dir)
 
 
 def test_qwen3_14b_config_shapes(tmp_path):

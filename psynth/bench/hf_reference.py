@@ -21,10 +21,10 @@ import dataclasses
 import importlib
 from typing import TYPE_CHECKING, Any, Sequence
 
+from psynth.cache.reencode import MODES
+
 if TYPE_CHECKING:
   import torch
-
-MODES = ("shared_start", "sequential", "after_prefix")
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
 
-METHODS = ("text", "naive", "cache")
+METHODS = ("text", "naive", "psynth")
 
 
 @dataclasses.dataclass

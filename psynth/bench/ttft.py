@@ -41,7 +41,7 @@ from psynth.model.transformer import forward
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
-from psynth.model.lora import Adapter
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.synthesize import cache_prefill, synthesize_from_branches
 
 if TYPE_CHECKING:  # the front door sits above this module
@@ -132,7 +132,7 @@ def run(loaded: Loaded, n_branches=(2, 4, 8), branch_tokens=(128, 512, 1024), ru
       br = encode_branches(engine, worker_ids, outputs)
       hf_br = hf_reference.branch_caches(hf, worker_ids, outputs)
       fns = {
-          "cache": lambda: synthesize_from_branches(engine, br, "cache", [synth_ids], one,
+          "cache": lambda: synthesize_from_branches(engine, br, "psynth", [synth_ids], one,
                                                     adapter=adapter)[0].answer_ids,
           "merged": _merged_fn(engine, br, synth_ids, adapter),
           "floor": _floor_fn(engine, br, synth_ids, adapter),

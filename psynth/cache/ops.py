@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from psynth.cache.kv_cache import KVCache
-from psynth.cache.rotary import rerotate
+from psynth.model.kv_cache import KVCache
+from psynth.model.rotary import rerotate
 
 
 def take_slots(cache: KVCache, start: int, length: int) -> KVCache:

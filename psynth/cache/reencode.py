@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psynth.cache import ops, rotary
-from psynth.cache.kv_cache import KVCache
+from psynth.cache import ops
+from psynth.model import rotary
+from psynth.model.kv_cache import KVCache
 from psynth.cache.mappers import CacheMapper
 
 MODES = ("shared_start", "after_prefix", "sequential")

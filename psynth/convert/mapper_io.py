@@ -12,14 +12,14 @@ from safetensors.numpy import save_file
 
 from psynth.atomic import atomic_dir
 from psynth.cache import mappers
-from psynth.cache.mappers import CacheMapper, MapperParam
+from psynth.cache.mappers import CacheMapper
 from psynth.convert.files import read_json, read_tensors
 
 
 
 def _params(mapper: CacheMapper) -> dict:
-  """name -> the mapper's `MapperParam` variables (w1, b1, w2, b2 for the MLP kinds)."""
-  state = nnx.state(mapper, MapperParam)
+  """name -> the mapper's parameters (w1, b1, w2, b2 for the MLP kinds; all `MapperParam`)."""
+  state = nnx.state(mapper, nnx.Param)
   return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
 
 

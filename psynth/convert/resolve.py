@@ -7,6 +7,11 @@ import hashlib
 import logging
 from pathlib import Path
 
+from psynth.convert import default_model
+from psynth.convert.gguf import gguf_to_hf
+from psynth.convert.tiny_model import ensure_tiny_model
+from psynth.paths import cache_root
+
 log = logging.getLogger(__name__)
 
 
@@ -19,20 +24,16 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
       raise FileNotFoundError(f"{path} is a directory but has no config.json; expected an HF "
                               "checkpoint directory (config.json + *.safetensors + tokenizer)")
     return path
-  from psynth.convert import default_model
-
   if name == default_model.DEFAULT_MODEL:
     return default_model.ensure_default_model()
   if name == "tiny-random":
-    from psynth.convert.tiny_model import ensure_tiny_model
     return ensure_tiny_model()
   if path.suffix == ".gguf":
     if not path.exists():
       raise FileNotFoundError(f"GGUF file {path} does not exist")
-    from psynth.convert.gguf import gguf_to_hf
     digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
                           .encode()).hexdigest()[:12]
-    out = default_model.cache_root() / "gguf" / f"{path.stem}-{digest}"
+    out = cache_root() / "gguf" / f"{path.stem}-{digest}"
     if not (out / "config.json").exists():
       log.info("converting %s to an HF checkpoint in %s", path, out)
       gguf_to_hf(path, out)

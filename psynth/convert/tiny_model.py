@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from psynth.atomic import atomic_dir
-from psynth.convert.default_model import cache_root, ensure_default_model
+from psynth.convert.default_model import ensure_default_model
+from psynth.paths import cache_root
 
 TINY_MODEL = "tiny-random"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -131,11 +131,11 @@ def _generate(loaded: Loaded, batch: Sequence[Example], memo: dict[str, Generate
     return
   worker_ids = iter(_generate_texts(
       loaded, [prompts.worker(ex.question, b) for ex in jobs.values() for b in ex.branch_inputs],
-      settings["worker_tokens"], worker_rows))
+      settings["worker_max_new_tokens"], worker_rows))
   ids = {s: [next(worker_ids) for _ in ex.branch_inputs] for s, ex in jobs.items()}
   texts = {s: [decode(t) for t in ids[s]] for s in jobs}
   answers = _generate_texts(loaded, [prompts.synth_text(ex.question, texts[s])
-                                     for s, ex in jobs.items()], settings["answer_tokens"],
+                                     for s, ex in jobs.items()], settings["max_new_tokens"],
                             synth_rows)
   for s, a in zip(jobs, answers):
     memo[s] = (ids[s], texts[s], decode(a))
@@ -153,20 +153,20 @@ def _filled(ex: Example, gen: Generated, settings: dict) -> Example:
 
 
 def generate_branches(loaded: Loaded, examples: Sequence[Example], out_path: str | Path, *,
-                      worker_tokens: int = 48, answer_tokens: int = 32, batch_examples: int = 4,
+                      worker_max_new_tokens: int = 48, max_new_tokens: int = 32, batch_examples: int = 4,
                       limit: int | None = None, progress: bool = True) -> list[Example]:
   """Fills branch_outputs / text_answer (and distill targets) of `examples` into `out_path`.
 
   Resumes from `<out_path>.partial`; `limit` stops after that many more examples (the file
   then stays partial). Returns the examples finished so far, in input order.
   """
-  if batch_examples < 1 or worker_tokens < 1 or answer_tokens < 1:
-    raise ValueError(f"batch_examples={batch_examples}, worker_tokens={worker_tokens}, "
-                     f"answer_tokens={answer_tokens}; all must be >= 1")
+  if batch_examples < 1 or worker_max_new_tokens < 1 or max_new_tokens < 1:
+    raise ValueError(f"batch_examples={batch_examples}, worker_max_new_tokens={worker_max_new_tokens}, "
+                     f"max_new_tokens={max_new_tokens}; all must be >= 1")
   out_path = Path(out_path)
   partial = out_path.with_name(out_path.name + ".partial")
-  settings = dict(model=loaded.path.name, worker_tokens=worker_tokens,
-                  answer_tokens=answer_tokens)
+  settings = dict(model=loaded.path.name, worker_max_new_tokens=worker_max_new_tokens,
+                  max_new_tokens=max_new_tokens)
   if out_path.exists() and not partial.exists():
     done = load_examples(out_path, include_dropped=True)
     _check_resume(done, examples, settings, out_path)

@@ -1,6 +1,6 @@
 """The data set before generation: every builder run, distill copies added, split, written.
 
-    counts = build_dataset(data_dir, out_dir, n_branches=3, seed=0, limit_per_source=200,
+    counts = build_dataset(data_dir, out_dir, num_branches=3, seed=0, limit_per_source=200,
                            val_fraction=0.1)     # -> out_dir/train.jsonl, out_dir/val.jsonl
 
 Builders (`BUILDERS`) are named by what they make; each reads its records once and turns up to
@@ -9,7 +9,7 @@ Builders (`BUILDERS`) are named by what they make; each reads its records once a
 or the other builders do. The split holds out whole groups (a group = one source question, with
 all its kinds and its distill copy), a seeded `val_fraction` of every source's groups.
 
-`n_branches` is the N of the builders whose workers still have to run; the fixed-branch ones
+`num_branches` is the N of the builders whose workers still have to run; the fixed-branch ones
 (`fixed_*`, see `fixed.py`) draw N in 2..8 per record. `DEFAULT_BUILDERS` is every builder
 but `dbot_context`.
 """
@@ -63,7 +63,7 @@ def _procedural(family, count=10_000):
   return lambda root: [(f"{i:05d}", lambda n, w, rng, i=i: gen(i, n, rng)) for i in range(count)]
 
 
-# name -> root -> [(record id, (n_branches, max_words, rng) -> Example | None)]
+# name -> root -> [(record id, (num_branches, max_branch_words, rng) -> Example | None)]
 BUILDERS: dict[str, Callable] = {
     "hotpotqa_context": _multihop(lambda root: sources.read_hotpotqa(root=root), "hotpotqa",
                                   real_tasks.multihop_context),
@@ -93,11 +93,11 @@ DEFAULT_BUILDERS = tuple(b for b in BUILDERS if b != "dbot_context")
 
 @dataclasses.dataclass(frozen=True)
 class BuildConfig:
-  n_branches: int = 3
+  num_branches: int = 3
   seed: int = 0
   limit_per_source: int = 200  # records per builder; 0 = all
   val_fraction: float = 0.1
-  max_words: int = 120  # per branch input (~170 SmolLM2 tokens)
+  max_branch_words: int = 120  # per branch input (~170 SmolLM2 tokens)
   distill_fraction: float = 0.25  # of the non-procedural examples, copied as `distill`
   builders: tuple[str, ...] = DEFAULT_BUILDERS
 
@@ -105,15 +105,15 @@ class BuildConfig:
     unknown = [b for b in self.builders if b not in BUILDERS]
     if unknown:
       raise ValueError(f"unknown builder(s) {unknown}; choose from {list(BUILDERS)}")
-    if self.n_branches < 2:
-      raise ValueError(f"n_branches={self.n_branches}; must be >= 2 (aggregation spreads facts "
+    if self.num_branches < 2:
+      raise ValueError(f"num_branches={self.num_branches}; must be >= 2 (aggregation spreads facts "
                        "over several branches)")
     if not 0 <= self.val_fraction < 1 or not 0 <= self.distill_fraction <= 1:
       raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1) and distill_fraction="
                        f"{self.distill_fraction} in [0, 1]")
-    if self.limit_per_source < 0 or self.max_words < 8:
+    if self.limit_per_source < 0 or self.max_branch_words < 8:
       raise ValueError(f"limit_per_source={self.limit_per_source} must be >= 0 (0 = all) and "
-                       f"max_words={self.max_words} >= 8")
+                       f"max_branch_words={self.max_branch_words} >= 8")
 
 
 def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Example]:
@@ -127,7 +127,7 @@ def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Exa
       if cfg.limit_per_source and made >= cfg.limit_per_source:
         break
       rec_id, make = items[i]
-      ex = make(cfg.n_branches, cfg.max_words, seeds.rng(cfg.seed, name, rec_id))
+      ex = make(cfg.num_branches, cfg.max_branch_words, seeds.rng(cfg.seed, name, rec_id))
       if ex is not None:
         ex.meta["builder"] = name
         out.append(ex)
@@ -172,12 +172,12 @@ def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
   atomic.write_text(path, "".join(ex.to_json() + "\n" for ex in examples))
 
 
-def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, n_branches: int = 3,
+def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, num_branches: int = 3,
                   seed: int = 0, limit_per_source: int = 200, val_fraction: float = 0.1,
-                  max_words: int = 120, distill_fraction: float = 0.25,
+                  max_branch_words: int = 120, distill_fraction: float = 0.25,
                   builders: Sequence[str] = DEFAULT_BUILDERS) -> dict[str, dict[str, int]]:
   """Writes out_dir/train.jsonl and out_dir/val.jsonl; returns {split: {builder/kind: count}}."""
-  cfg = BuildConfig(n_branches, seed, limit_per_source, val_fraction, max_words,
+  cfg = BuildConfig(num_branches, seed, limit_per_source, val_fraction, max_branch_words,
                     distill_fraction, tuple(builders))
   train, val = split(build_examples(cfg, data_dir), val_fraction, seed)
   out_dir = Path(out_dir)

@@ -12,7 +12,6 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 # A number as written in prose: thousands commas, decimals, a leading sign.
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])|"
                      r"(?<![\w.])[-+]?\.\d+")
-_GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def _balanced(text: str, open_at: int) -> str | None:
@@ -41,15 +40,6 @@ def extract_boxed(text: str) -> str | None:
     if inner is not None and inner.strip():
       found = inner.strip()
   return found
-
-
-def extract_gsm8k_gold(answer: str) -> str:
-  """The number after `####` in a GSM8K reference solution, commas removed."""
-  m = _GSM8K_GOLD.search(answer)
-  if m is None:
-    raise ValueError(f"GSM8K answer {answer[-80:]!r} has no '#### <number>' line; the official "
-                     "test/train files end every answer with one")
-  return m.group(1).replace(",", "").strip()
 
 
 def extract_last_number(text: str) -> str | None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 import jax
 
 from psynth.eval.tasks.base import Item, Task
-from psynth.model.lora import Adapter
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import Branches
 from psynth.synthesis.generate import SamplingConfig
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
 
 METHODS = ("single", "text", "naive", "psynth")
-SYNTHESIS = {"text": "text", "naive": "naive", "psynth": "cache"}  # ours -> pipeline method
+SYNTHESIS = ("text", "naive", "psynth")  # the methods that synthesize from branches
 EMPTY_BRANCH = "(no notes)"  # stands in for a worker that stopped at once
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -143,7 +143,7 @@ def replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
     raise ValueError("method 'psynth' needs a trained adapter; got none")
   questions = [it.question for it in items]
   rs = warm(lambda: synthesize_batch(
-      loaded, questions, method=SYNTHESIS[method], prepared=branches, system=task.system,
+      loaded, questions, method=method, prepared=branches, system=task.system,
       answer_format=task.answer_format, sampling=sampling, mode=mode,
       adapter=adapter if method == "psynth" else None))
   out = []

@@ -159,7 +159,7 @@ def merge_main(output_dir: str | Path) -> dict:
   pred_dir = out / "predictions"
   if not pred_dir.is_dir():
     raise FileNotFoundError(f"{out} has no predictions/ folder; run `python -m psynth eval "
-                            f"--output_dir={out} ...` (every shard) before merging")
+                            f"--config.eval.output_dir={out} ...` (every shard) before merging")
   preds: dict[str, dict[str, list[dict]]] = {}
   for task_dir in sorted(p for p in pred_dir.iterdir() if p.is_dir()):
     methods = {p.name.split(".shard-")[0] for p in task_dir.glob(records.SHARD_GLOB)}

@@ -25,11 +25,13 @@ import jax
 from tqdm import tqdm
 
 from psynth import adapters
+from psynth.data.branches import load_examples
 from psynth.data.sources import data_dir
 from psynth.eval import methods as methods_lib
 from psynth.eval import records, report
 from psynth.eval.tasks import BuildOptions, Task, TaskUnavailable, get_tasks
-from psynth.model.lora import Adapter
+from psynth.loading import load
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ NO_ADAPTER = (
     "folder that `python -m psynth train --config=... --config.workdir=WORKDIR` writes (after "
     "`python -m psynth data` builds its data), or a PEFT adapter or reference release "
     "(cache_mapper.pt + judger_lora/), e.g. converted by `python -m psynth export`. "
-    "Or leave psynth out of --methods.")
+    "Or leave psynth out of eval.methods.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,6 @@ def settings_from_config(cfg, **overrides) -> EvalSettings:
 
 def trained_groups(path: str | Path) -> set[str]:
   """The source questions ("task/id", `meta["group"]`) of a training example file."""
-  from psynth.data.branches import load_examples
   return {ex.meta["group"] for ex in load_examples(path, include_dropped=True)
           if "group" in ex.meta}
 
@@ -123,7 +124,7 @@ def check_run_file(out: Path, settings: EvalSettings) -> None:
     diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
     if diff:
       raise ValueError(f"{out} holds results made with { {k: have.get(k) for k in diff} }; this "
-                       f"run uses { {k: want.get(k) for k in diff} }: pass another --output_dir, "
+                       f"run uses { {k: want.get(k) for k in diff} }: pass another eval.output_dir, "
                        "or the same settings to continue it")
   else:
     records.write_json(path, want)
@@ -252,13 +253,11 @@ def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | P
   records.write_json(out / "skipped.json", skipped)
 
   if loaded is None:
-    import psynth
-    loaded = psynth.load(s.model, dtype=s.dtype)
+    loaded = load(s.model, dtype=s.dtype)
   synth_adapter = None
   if "psynth" in method_list:
     if loaded.adapter is None:
-      import psynth
-      loaded = psynth.load(s.model, dtype=s.dtype, adapter=adapter)
+      loaded = load(s.model, dtype=s.dtype, adapter=adapter)
     synth_adapter = loaded.adapter
 
   budget = _Budget(max_predictions)

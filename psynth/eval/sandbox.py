@@ -23,7 +23,6 @@ Only the standard library is imported: the harness runs this file as the namespa
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -269,15 +268,6 @@ def run_program(program: str, limits: Limits = Limits()) -> SandboxResult:
   return SandboxResult(passed=status == "passed", status=status,
                        returncode=None if timed_out else returncode, stdout_tail=stdout,
                        stderr_tail=stderr, seconds=time.monotonic() - start)
-
-
-def run_programs(programs: list[str], limits: Limits = Limits(),
-                 workers: int = 2) -> list[SandboxResult]:
-  """`run_program` over many programs, `workers` at a time, results in input order."""
-  if workers < 1:
-    raise ValueError(f"workers={workers}; need at least 1")
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # threads only wait on children
-    return list(pool.map(lambda p: run_program(p, limits), programs))
 
 
 def _mount_private_tmp(c: dict) -> None:

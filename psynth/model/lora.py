@@ -5,26 +5,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psynth.cache.mappers import CacheMapper
 from psynth.model.transformer import Dense, Transformer
 
 ATTENTION_TARGETS = ("q", "k", "v", "o")
 MLP_TARGETS = ("gate", "up", "down")
-
-
-@dataclasses.dataclass
-class Adapter:
-  """What synthesis adds to the base model: a cache mapper and whether the LoRA is on."""
-
-  mapper: CacheMapper | None = None
-  lora: bool = False
 
 
 def _targets(model: Transformer, names):

@@ -1,6 +1,6 @@
 """RoPE frequencies of each supported variant (default, linear, llama3, yarn).
 
-The rotations themselves live in `psynth.cache.rotary`, shared with cache re-encoding.
+The rotations themselves live in `psynth.model.rotary`, shared with cache re-encoding.
 """
 
 from __future__ import annotations

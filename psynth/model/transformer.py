@@ -1,10 +1,11 @@
 """The Llama-family decoder: NNX modules that hold parameters, and one pure `forward`.
 
 Modules here only own parameters (every one with logical axis names); all computation is in
-plain functions. Each layer keeps its own arrays and the forward loop is unrolled: a decode
-step is bound by reading the weights, and XLA on CPU copies a layer's slice out of a stacked
-`[layers, ...]` array before each matmul, which doubles that traffic (measured: 23 ms vs
-11 ms for 30 MLP layers at batch 1).
+plain functions. Each layer keeps its own arrays and the forward loop is unrolled by default:
+a decode step is bound by reading the weights, and XLA on CPU copies a layer's slice out of a
+stacked `[layers, ...]` array before each matmul, adding to that traffic
+(`results/cpu_design_notes.md`). `forward(scan=True)` stacks them per call and scans instead,
+which compiles one layer (large models, accelerators).
 
 Einsum letters: b batch, t query tokens, s cache slots, d embed, h heads, k kv heads,
 g query heads per kv head (GQA group), e head_dim, f mlp.
@@ -19,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psynth.cache.kv_cache import KVCache
+from psynth.model.kv_cache import KVCache
 from psynth.model.config import ModelConfig
-from psynth.cache import rotary
+from psynth.model import rotary
 from psynth.model import rope as rope_lib
 from psynth.sharding import constrain
 
@@ -146,7 +147,7 @@ def dense(layer: Dense, x: jax.Array, lora: bool = False) -> jax.Array:
   return y
 
 
-ATTN_BLOCK = 256  # query rows per chunk and own keys per block (best of 64..512 measured on CPU)
+ATTN_BLOCK = 256  # query rows per chunk and own keys per block (results/cpu_design_notes.md)
 CACHE_BLOCK = 256  # cache slots per block
 # Query x key pairs (per head) up to which one plain masked softmax beats the blocked loops.
 DIRECT_SCORES = 1 << 19

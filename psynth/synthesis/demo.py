@@ -25,14 +25,14 @@ DOCUMENTS = [
 
 
 def run(loaded: Loaded, *, question: str = QUESTION, documents=DOCUMENTS,
-        mode: str = "shared_start", worker_tokens: int = 64, answer_tokens: int = 48) -> str:
+        mode: str = "shared_start", worker_max_new_tokens: int = 64, max_new_tokens: int = 48) -> str:
   """Runs the example and returns a printable side-by-side report (times are warm runs):
   text synthesis, the untrained cache path (naive) and, if `loaded` has an adapter, the
   trained one."""
   branches = fan_out(loaded, question, documents,
-                     sampling=SamplingConfig(max_new_tokens=worker_tokens))
-  sampling = SamplingConfig(max_new_tokens=answer_tokens)
-  methods = ("text", "naive") + (("cache",) if loaded.adapter is not None else ())
+                     sampling=SamplingConfig(max_new_tokens=worker_max_new_tokens))
+  sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+  methods = ("text", "naive") + (("psynth",) if loaded.adapter is not None else ())
   results, compile_s = {}, {}
   for method in methods:
     first = synthesize(loaded, question, method=method, prepared=branches, sampling=sampling,
@@ -48,12 +48,12 @@ def run(loaded: Loaded, *, question: str = QUESTION, documents=DOCUMENTS,
     lines += [f"  worker {i + 1}:", wrap(text)]
   names = {"text": "text synthesis (branch texts in the prompt)",
            "naive": "cache, untrained (naive: re-encoded caches, no adapter)",
-           "cache": f"cache, trained (psynth: mapper + LoRA from {loaded.adapter_path})"}
+           "psynth": f"cache, trained (psynth: mapper + LoRA from {loaded.adapter_path})"}
   for method in methods:
     r = results[method]
     lines += ["", f"{names[method]}: time to first token {r.ttft_s * 1000:.0f} ms "
                   f"(first call +{compile_s[method]:.1f} s compile)", wrap(r.answer)]
-  best = results.get("cache", results["naive"])
+  best = results.get("psynth", results["naive"])
   lines += ["", f"cache path first token {results['text'].ttft_s / best.ttft_s:.1f}x sooner than "
                 "text synthesis"]
   if loaded.adapter is None:

@@ -15,10 +15,11 @@ import dataclasses
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from psynth.cache import ops
-from psynth.cache.kv_cache import KVCache
+from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import init_cache
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
 from psynth.synthesis.prompts import common_prefix_len
@@ -59,8 +60,7 @@ def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slo
   Ob = bucket(max(len(o) for o in own))
   cache = init_cache(engine.config, 1, Pb + Ob + tail_slots)
   if P:
-    _, cache = engine.first_token_logits(cache, *right_pad([prompts[0][:P]], Pb),
-                                         attend_cache=False)
+    cache = engine.fill_cache(cache, *right_pad([prompts[0][:P]], Pb), attend_cache=False)
   prefix = ops.take_slots(cache, 0, Pb) if P else None
   return P, Pb, Ob, prefix, ops.tile_rows(cache, len(prompts)), own
 
@@ -118,8 +118,8 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   lens = np.array([len(p) for p in prompts], np.int32)
   Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, cache, own = _prefix_and_cache(engine, prompts, Gb)
-  _, cache = engine.first_token_logits(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
-  _, cache = engine.first_token_logits(cache, *right_pad(outputs, Gb, start=lens))
-  branch = ops.first_rows(ops.take_slots(cache, Pb + Ob, Gb), R)
+  cache = engine.fill_cache(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
+  cache = engine.fill_cache(cache, *right_pad(outputs, Gb, start=lens))
+  branch = jax.block_until_ready(ops.first_rows(ops.take_slots(cache, Pb + Ob, Gb), R))
   return Branches([list(o) for o in outputs[:R]], branch, lens[:R], prefix,
                   list(prompts[0][:P]), time.perf_counter() - t0, tuple(counts))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from psynth.cache.kv_cache import KVCache
+from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis.sampling import sample
 
@@ -190,10 +190,11 @@ class Engine:
         break  # that step only wrote the final tokens' K/V (keep_cache)
     return Generation(out, ttft, time.perf_counter() - t0, cache if keep_cache else None)
 
-  def first_token_logits(self, cache: KVCache, tokens, positions, *, attend_cache: bool = True,
-                         lora: bool = False) -> tuple[np.ndarray, KVCache]:
-    """Prefill only: last-position logits `[B, V]` (float32) and the updated cache."""
+  def fill_cache(self, cache: KVCache, tokens, positions, *, attend_cache: bool = True,
+                 lora: bool = False) -> KVCache:
+    """Prefill only: `cache` with the K/V of `tokens` written (nothing is fetched to the host,
+    so the call returns before the device is done)."""
     key = jax.random.key(0)
-    _, logits, cache = self._prefill(self.state, tokens, positions, cache, key, jnp.float32(1),
-                                     jnp.float32(1), True, attend_cache, lora)
-    return np.asarray(logits), cache
+    _, _, cache = self._prefill(self.state, tokens, positions, cache, key, jnp.float32(1),
+                                jnp.float32(1), True, attend_cache, lora)
+    return cache

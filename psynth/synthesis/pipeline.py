@@ -1,7 +1,7 @@
 """`synthesize`: the whole fan-out step in one call, on a loaded model, for one question or many.
 
-    result = psynth.synthesize(loaded, question, ["doc 1 ...", "doc 2 ..."], method="cache")
-    results = psynth.synthesize_batch(loaded, questions, [[...], [...]], method="cache")
+    result = psynth.synthesize(loaded, question, ["doc 1 ...", "doc 2 ..."], method="psynth")
+    results = psynth.synthesize_batch(loaded, questions, [[...], [...]], method="psynth")
 
 `branches` are the workers' inputs (evidence chunks, sub-tasks); workers run on them,
 batched (every worker of every question in one generate call), with the adapter off. Or
@@ -96,7 +96,7 @@ def fan_out(loaded: Loaded, question: str, branches: Sequence[str] | None = None
 
 def synthesize_batch(loaded: Loaded, questions: Sequence[str],
                      branches: Sequence[Sequence[str]] | None = None, *,
-                     outputs: Sequence[Sequence[str]] | None = None, method: str = "cache",
+                     outputs: Sequence[Sequence[str]] | None = None, method: str = "psynth",
                      adapter: Adapter | None = None, mode: str = "shared_start",
                      system: str = prompts.DEFAULT_SYSTEM,
                      answer_format: str | Sequence[str | None] | None = None,
@@ -105,7 +105,7 @@ def synthesize_batch(loaded: Loaded, questions: Sequence[str],
                      prepared: Branches | None = None) -> list[SynthesisResult]:
   """One fan-out step for each question, all batched; one result per question.
 
-  method: "cache" (re-encode + mapper + merge + LoRA-on prefill, with `adapter` or else the
+  method: "psynth" (re-encode + mapper + merge + LoRA-on prefill, with `adapter` or else the
   adapter `loaded` came with; with neither it is the naive path), "naive" (re-encoding only,
   no adapter) or "text" (branch texts pasted into the prompt, base model, shared prefix
   reused). `answer_format` (one, or one per question; e.g. "Answer with the letter of the
@@ -129,7 +129,7 @@ def synthesize_batch(loaded: Loaded, questions: Sequence[str],
            for q, t, f in zip(questions, per_q, formats)]
   else:
     ids = [chat.encode(tok, prompts.synth_cache(q, system, f)) for q, f in zip(questions, formats)]
-  if method == "cache" and adapter is None:
+  if method == "psynth" and adapter is None:
     adapter = loaded.adapter
   out = synthesize_from_branches(loaded.engine, br, method, ids, sampling, loaded.eos_ids,
                                  mode=mode, adapter=adapter)
@@ -138,7 +138,7 @@ def synthesize_batch(loaded: Loaded, questions: Sequence[str],
 
 
 def synthesize(loaded: Loaded, question: str, branches: Sequence[str] | None = None, *,
-               outputs: Sequence[str] | None = None, method: str = "cache",
+               outputs: Sequence[str] | None = None, method: str = "psynth",
                adapter: Adapter | None = None, mode: str = "shared_start",
                system: str = prompts.DEFAULT_SYSTEM, answer_format: str | None = None,
                worker_sampling: SamplingConfig = WORKER_SAMPLING,
@@ -150,3 +150,12 @@ def synthesize(loaded: Loaded, question: str, branches: Sequence[str] | None = N
       outputs=None if outputs is None else [outputs], method=method, adapter=adapter, mode=mode,
       system=system, answer_format=answer_format, worker_sampling=worker_sampling,
       sampling=sampling, prepared=prepared)[0]
+
+
+def generate(loaded: Loaded, prompt_or_messages, *, max_new_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> str:
+  """Answers one prompt (a string or chat messages) and returns the text of the answer."""
+  sampling = SamplingConfig(max_new_tokens, temperature, top_p, seed)
+  ids = chat.encode(loaded.tokenizer, prompt_or_messages)
+  out = loaded.engine.generate([ids], sampling, loaded.eos_ids)
+  return loaded.tokenizer.decode(out.tokens[0], skip_special_tokens=True)

@@ -24,15 +24,16 @@ import numpy as np
 from flax import nnx
 
 from psynth.cache import ops, reencode
-from psynth.cache.kv_cache import KVCache
 from psynth.model import rope
-from psynth.model.lora import Adapter
+from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import Transformer, forward, init_cache
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.fanout import Branches
 from psynth.synthesis.generate import Engine, SamplingConfig, branch_bucket, bucket, right_pad
 from psynth.synthesis.prompts import common_prefix_len
+from psynth.synthesis.sampling import sample
 
-METHODS = ("cache", "naive", "text")
+METHODS = ("psynth", "naive", "text")
 
 
 def branch_layout(branches: Branches) -> tuple[np.ndarray | None, np.ndarray]:
@@ -190,7 +191,7 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
                                dataclasses.replace(sampling, max_new_tokens=max_new), eos_ids,
                                t0=t0, attend_cache=n > 0)
   else:
-    adapter = adapter if method == "cache" else None
+    adapter = adapter if method == "psynth" else None
     logits, decode_cache, next_pos = cache_prefill(
         engine, branches, prompts, mode=mode, adapter=adapter,
         max_new_tokens=sampling.max_new_tokens)
@@ -202,7 +203,6 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
 
 
 def _sample_first(logits, sampling: SamplingConfig) -> np.ndarray:
-  from psynth.synthesis.sampling import sample
   key = jax.random.key(sampling.seed)
   return np.asarray(sample(logits, key, jnp.float32(sampling.temperature),
                            jnp.float32(sampling.top_p), greedy=False))

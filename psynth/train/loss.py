@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from psynth.cache import ops, reencode
-from psynth.cache.kv_cache import KVCache
+from psynth.model.kv_cache import KVCache
 from psynth.cache.mappers import CacheMapper
 from psynth.model import rope
 from psynth.model.transformer import Transformer, forward, init_cache

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from psynth import sharding
 from psynth.cache import mappers
+from psynth.convert.adapter_dir import save_adapter_dir
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
 from psynth.train import batch as batch_lib
@@ -31,6 +32,7 @@ from psynth.train import val_accuracy
 from psynth.train.checkpoint import Checkpoints
 from psynth.train.logs import ScalarWriter
 from psynth.train.sampler import Sampler
+from psynth.train.settings import TrainSettings
 
 if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
@@ -38,7 +40,7 @@ if TYPE_CHECKING:  # the front door sits above this module
 log = logging.getLogger(__name__)
 
 
-def build_synthesizer(loaded: Loaded, cfg) -> step_lib.Synthesizer:
+def build_synthesizer(loaded: Loaded, cfg: TrainSettings) -> step_lib.Synthesizer:
   """The loaded model with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): identity."""
   c = loaded.config
   model = add_lora(loaded.model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
@@ -47,7 +49,7 @@ def build_synthesizer(loaded: Loaded, cfg) -> step_lib.Synthesizer:
   return step_lib.Synthesizer(model, mapper)
 
 
-def signature(loaded: Loaded, cfg) -> dict:
+def signature(loaded: Loaded, cfg: TrainSettings) -> dict:
   """What a checkpoint must match to be resumed: model shape, adapter and mapper layout."""
   c = loaded.config
   return dict(layers=c.num_layers, hidden=c.hidden_size, heads=c.num_heads,
@@ -118,8 +120,12 @@ def fetch(x) -> np.ndarray:
 class Trainer:
   """Trains the LoRA + mapper of `loaded` on examples with saved branches."""
 
-  def __init__(self, loaded: Loaded, cfg, mesh=None):
-    self.loaded, self.cfg = loaded, cfg
+  def __init__(self, loaded: Loaded, settings: TrainSettings, mesh=None):
+    if not isinstance(settings, TrainSettings):
+      raise TypeError(f"Trainer takes TrainSettings (TrainSettings.from_config(cfg)), got "
+                      f"{type(settings).__name__}")
+    cfg = settings
+    self.loaded, self.settings = loaded, settings
     t = cfg.train
     self.accum = int(t.grad_accum)
     if t.batch_size % self.accum:
@@ -146,10 +152,10 @@ class Trainer:
       self.opt_state = jax.jit(self.tx.init)(self.trainable)
     self._opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
     repl = step_lib.replicated(self.mesh)
-    scan = bool(t.get("scan_layers", False))
+    scan = bool(t.scan_layers)
     train_step = step_lib.make_train_step(self.split, self.tx, mode=cfg.synthesis.mode,
                                           kl_weight=float(t.kl_weight), scan=scan,
-                                          remat=bool(t.get("remat", False)))
+                                          remat=bool(t.remat))
     self._step = jax.jit(train_step, in_shardings=(tr_sh, fr_sh, self._opt_sh, None),
                          out_shardings=(tr_sh, self._opt_sh, repl), donate_argnums=(0, 2))
     self._eval = {
@@ -164,7 +170,7 @@ class Trainer:
 
   # ------------------------------------------------------------------ data
   def tokenize(self, examples: Sequence[Example], with_text: bool = False):
-    d = self.cfg.data
+    d = self.settings.data
     return [batch_lib.tokenize(self.loaded.tokenizer, ex, self.stop_id, with_text=with_text,
                                max_branch_tokens=d.max_branch_tokens,
                                max_target_tokens=d.max_target_tokens) for ex in examples]
@@ -205,9 +211,11 @@ class Trainer:
 
     Every `eval_every` steps: the val loss and, if `train.val_accuracy_examples` > 0, the
     val answer accuracy (greedy cache synthesis, scored by containing the gold answers); the
-    adapter with the best val accuracy so far is kept in `WORKDIR/best_adapter`.
+    adapter with the best val accuracy so far is kept in `WORKDIR/best_adapter`. A step's
+    metrics are fetched after the next step is dispatched (the host prepares batch s+1 while
+    the devices run step s), except before a checkpoint or an evaluation.
     """
-    cfg, t = self.cfg, self.cfg.train
+    cfg, t = self.settings, self.settings.train
     if not train:
       raise ValueError("no training examples")
     workdir = str(cfg.workdir).rstrip("/")  # a local path or a bucket URL (no pathlib)
@@ -220,44 +228,53 @@ class Trainer:
     val = spread(val, int(t.val_examples))
     val_items = self.tokenize(val, with_text=True) if val else []
     acc_examples = spread(val, int(t.val_accuracy_examples))
-    keys, sizes = batch_lib.groups(train_items)
-    if t.kl_weight > 0:
-      sizes = batch_lib.batch_sizes(train_items, with_text=True)
-    group_ids = {k: i for i, k in enumerate(sorted(set(keys)))}
-    sampler = Sampler([group_ids[k] for k in keys], t.batch_size, cfg.seed)
-    log.info("%d training examples in %d shape groups (branches, row tokens): %s",
-             len(train_items), len(group_ids), sorted(group_ids))
+    keys, sizes, sampler = self._sampler(train_items)
     if val_items:
       self._baselines(hist, val, val_items, acc_examples, writer, start)
     end = min(int(t.steps), int(until) if until is not None else int(t.steps))
     bar = tqdm(range(start, end), initial=start, total=int(t.steps), desc="train",
                disable=not progress or jax.process_index() != 0)
-    last_good = start or None
+    self._last_good, self._last_done = start or None, time.perf_counter()
     compiled: set[tuple[int, int]] = set()
+    pending = None
     try:
       for s in bar:
         step = s + 1
         idx = sampler.indices(s)
         N, W = keys[idx[0]]
-        m = self._train_step([train_items[i] for i in idx], dict(sizes, N=N, W=W), hist,
-                             (N, W) not in compiled, step, last_good, ckpts)
+        first = (N, W) not in compiled
+        if first and pending is not None:  # a compiling step is timed on its own
+          pending = self._finish(pending, hist, writer, bar, ckpts)
+        now = self._dispatch([train_items[i] for i in idx], dict(sizes, N=N, W=W), first, step)
         compiled.add((N, W))
-        hist.losses.append(m["loss"])
-        hist.steps.append(step)
-        writer.write(step, {f"train/{k}": v for k, v in m.items()})
-        bar.set_postfix(loss=f"{m['loss']:.4f}")
-        if val_items and (step % t.eval_every == 0 or step == end):
-          self._validate(hist, val_items, acc_examples, writer, step, workdir)
-        if step % t.save_every == 0 or step == end:
+        if pending is not None:
+          self._finish(pending, hist, writer, bar, ckpts)
+        pending = now
+        due_eval = bool(val_items) and (step % t.eval_every == 0 or step == end)
+        if due_eval or step % t.save_every == 0 or step == end:
+          pending = self._finish(pending, hist, writer, bar, ckpts)  # checkpoints are checked
+          if due_eval:
+            self._validate(hist, val_items, acc_examples, writer, step, workdir)
           ckpts.save(step, self.trainable, self.opt_state,
                      {"examples_seen": step * t.batch_size, "signature": self.signature})
-          last_good = step
+          self._last_good, self._last_done = step, time.perf_counter()
         writer.flush()
     finally:
       bar.close()
       ckpts.close()
       writer.close()
     return hist
+
+  def _sampler(self, train_items):
+    """(shape key of every example, padded sizes, the step -> batch sampler)."""
+    t = self.settings.train
+    keys, sizes = batch_lib.groups(train_items)
+    if t.kl_weight > 0:
+      sizes = batch_lib.batch_sizes(train_items, with_text=True)
+    group_ids = {k: i for i, k in enumerate(sorted(set(keys)))}
+    log.info("%d training examples in %d shape groups (branches, row tokens): %s",
+             len(train_items), len(group_ids), sorted(group_ids))
+    return keys, sizes, Sampler([group_ids[k] for k in keys], t.batch_size, self.settings.seed)
 
   def _resume(self, ckpts: Checkpoints) -> int:
     """Restores the latest checkpoint, if any; returns its step (0 for a fresh run)."""
@@ -266,45 +283,55 @@ class Trainer:
       return 0
     self.trainable, self.opt_state, meta = ckpts.restore(latest, self.trainable, self.opt_state,
                                                          self.signature)
-    bs = self.cfg.train.batch_size
+    bs = self.settings.train.batch_size
     if meta["examples_seen"] != latest * bs:
       raise ValueError(f"checkpoint {latest} has seen {meta['examples_seen']} examples; "
                        f"batch_size={bs} would need {latest * bs}")
     log.info("resumed from %s at step %d", ckpts.directory, latest)
     return latest
 
-  def _train_step(self, items, sizes, hist: History, first: bool, step: int, last_good,
-                  ckpts: Checkpoints) -> dict[str, float]:
-    """One optimizer step on `items`; returns its scalars (loss, lr, tokens/s, ...)."""
-    t = self.cfg.train
+  def _dispatch(self, items, sizes, first: bool, step: int) -> dict:
+    """Starts one optimizer step on `items`; returns what `_finish` needs (device metrics)."""
+    t = self.settings.train
     host = self.host_batch(items, with_text=t.kl_weight > 0, sizes=sizes)
     # Tokens run through the model: the workers' rows (forward) and the synthesizer rows
     # (forward + backward).
     n_tok = int((host["synth_positions"] >= 0).sum() + (host["worker_positions"] >= 0).sum() +
                 (host["prefix_positions"] >= 0).sum())
     batch = self._to_device(split_accum(host, self.accum), accum=True)
-    t0 = time.perf_counter()
     with sharding.use_mesh(self.mesh, self.rules):
       self.trainable, self.opt_state, m = self._step(self.trainable, self.frozen, self.opt_state,
                                                      batch)
-    m = {k: float(fetch(v)) for k, v in m.items()}
-    dt = time.perf_counter() - t0
+    return dict(step=step, metrics=m, n_tok=n_tok, first=first,
+                branches=float(host["branch_lengths"].shape[1]))
+
+  def _finish(self, p: dict, hist: History, writer, bar, ckpts: Checkpoints) -> None:
+    """Fetches a dispatched step's metrics (waiting for it), checks them, logs them; None."""
+    m = {k: float(fetch(v)) for k, v in p["metrics"].items()}
+    done = time.perf_counter()
+    # Wall time since the previous step finished: the step itself in a steady stream; the
+    # first step of a shape group also compiles (reported apart).
+    dt, self._last_done = done - self._last_done, done
+    step = p["step"]
     if not math.isfinite(m["loss"]):
       raise FloatingPointError(
           f"loss is {m['loss']} at step {step}; training stopped. The last good checkpoint "
-          f"(step {last_good}) is kept in {ckpts.directory}")
-    if first:
+          f"(step {self._last_good}) is kept in {ckpts.directory}")
+    if p["first"]:
       hist.compile_s += dt
     else:
       hist.step_s.append(dt)
-      hist.tokens_per_s.append(n_tok / dt)
+      hist.tokens_per_s.append(p["n_tok"] / dt)
     out = {"loss": m["loss"], "perplexity": m["perplexity"],
            "lr": float(self.schedule(step - 1)), "grad_norm": m["grad_norm"],
-           "tokens_per_s": n_tok / dt, "target_tokens": m["tokens"],
-           "branches": float(host["branch_lengths"].shape[1])}
-    if t.kl_weight > 0:
+           "tokens_per_s": p["n_tok"] / dt, "target_tokens": m["tokens"],
+           "branches": p["branches"]}
+    if self.settings.train.kl_weight > 0:
       out.update(ce=m["ce"], kl=m["kl"])
-    return out
+    hist.losses.append(m["loss"])
+    hist.steps.append(step)
+    writer.write(step, {f"train/{k}": v for k, v in out.items()})
+    bar.set_postfix(loss=f"{m['loss']:.4f}")
 
   def _baselines(self, hist: History, val, val_items, acc_examples, writer, step: int) -> None:
     """What training starts from and aims at: the naive cache path and text synthesis.
@@ -312,7 +339,7 @@ class Trainer:
     They do not depend on the adapter, so they are measured once per (base model, val
     examples, lengths) and kept in `WORKDIR/baselines.json`: a resumed run reads them.
     """
-    cfg = self.cfg
+    cfg = self.settings
     path = f"{str(cfg.workdir).rstrip('/')}/{val_accuracy.BASELINES}"
     sig = {k: v for k, v in self.signature.items() if k not in ("lora", "mapper")}
     key = val_accuracy.baselines_key(
@@ -343,7 +370,7 @@ class Trainer:
     hist.eval.append((step, v))
     scalars = {"eval/loss": v}
     if acc_examples:
-      acc = self.accuracy(acc_examples, "cache")
+      acc = self.accuracy(acc_examples, "psynth")
       hist.accuracy.append((step, acc))
       scalars["eval/accuracy"] = acc
       if hist.best is None or acc > hist.best[1]:
@@ -358,9 +385,12 @@ class Trainer:
   def accuracy(self, examples: Sequence[Example], method: str) -> float:
     """Share of `examples` whose greedy synthesis (`method`: cache = the adapter as trained
     now, naive, text) contains every gold answer: `val_accuracy.score`."""
-    synth = self.synthesizer() if method == "cache" else None
+    synth = self.synthesizer() if method == "psynth" else None
+    s = self.settings
     return val_accuracy.accuracy(self._inference(synth), examples, method,
-                                 None if synth is None else synth.mapper, self.cfg)
+                                 None if synth is None else synth.mapper, batch=s.train.val_batch,
+                                 branch_slots=s.data.max_branch_tokens,
+                                 max_new_tokens=s.data.max_target_tokens)
 
   def _inference(self, synth):
     """A `Loaded` over this trainer's model for greedy synthesis, built once (compiled once);
@@ -382,8 +412,6 @@ class Trainer:
 
   def save_adapter(self, out_dir: str | Path) -> Path | None:
     """Writes the LoRA + mapper as a psynth adapter directory (process 0; others gather only)."""
-    from psynth.convert.adapter_dir import save_adapter_dir
-
     synth = self.synthesizer()
     if jax.process_index() != 0:
       return None

@@ -17,7 +17,7 @@ from psynth import atomic
 from psynth.data.example import Example
 from psynth.eval.metrics import contains_answer
 from psynth.loading import Loaded
-from psynth.model.lora import Adapter
+from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.generate import SamplingConfig
 from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 from psynth.train.batch import branch_bucket
@@ -62,12 +62,12 @@ def replies(infer: Loaded, examples: Sequence[Example], method: str, adapter: Ad
   return [out[i] for i in range(len(examples))]
 
 
-def accuracy(infer: Loaded, examples: Sequence[Example], method: str, mapper, cfg) -> float:
-  """Share of `examples` whose reply names every gold answer."""
-  adapter = Adapter(mapper, lora=True) if method == "cache" else None
-  got = replies(infer, examples, method, adapter, batch=int(cfg.train.val_batch),
-                branch_slots=int(cfg.data.max_branch_tokens),
-                max_new_tokens=int(cfg.data.max_target_tokens))
+def accuracy(infer: Loaded, examples: Sequence[Example], method: str, mapper, *, batch: int,
+             branch_slots: int, max_new_tokens: int) -> float:
+  """Share of `examples` whose reply names every gold answer (`replies` for the arguments)."""
+  adapter = Adapter(mapper, lora=True) if method == "psynth" else None
+  got = replies(infer, examples, method, adapter, batch=int(batch),
+                branch_slots=int(branch_slots), max_new_tokens=int(max_new_tokens))
   return sum(score(r, ex) for r, ex in zip(got, examples)) / max(len(examples), 1)
 
 

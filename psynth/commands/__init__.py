@@ -1,0 +1,13 @@
+"""One small module per command of `python -m psynth COMMAND`; each defines its own flags and
+`main(cfg, args)`. Everything else a command needs is in the config (`--config.SECTION.FIELD`).
+"""
+
+COMMANDS = {
+    "synthesize": "fan out, then text vs cache synthesis (the built-in example by default)",
+    "generate": "answer one prompt",
+    "bench": "bench prefill|ttft|throughput: vs HF transformers, batched vs one at a time",
+    "data": "build training examples, then generate their branches once",
+    "eval": "evaluate methods on benchmarks: accuracy, CI, paired differences, TTFT",
+    "train": "train the synthesizer LoRA and cache mapper",
+    "export": "export an adapter: merged HF / PEFT / reference release / psynth dir",
+}
