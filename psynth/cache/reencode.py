@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from psynth.cache import ops
+from psynth.cache.mappers import CacheMapper
 from psynth.model import rotary
 from psynth.model.kv_cache import KVCache
-from psynth.cache.mappers import CacheMapper
 
 MODES = ("shared_start", "after_prefix", "sequential")
 

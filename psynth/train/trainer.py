@@ -212,8 +212,7 @@ class Trainer:
     Every `eval_every` steps: the val loss and, if `train.val_accuracy_examples` > 0, the
     val answer accuracy (greedy cache synthesis, scored by containing the gold answers); the
     adapter with the best val accuracy so far is kept in `WORKDIR/best_adapter`. A step's
-    metrics are fetched after the next step is dispatched (the host prepares batch s+1 while
-    the devices run step s), except before a checkpoint or an evaluation.
+    metrics are fetched once the next step is dispatched (not before a checkpoint or eval).
     """
     cfg, t = self.settings, self.settings.train
     if not train:
@@ -244,7 +243,8 @@ class Trainer:
         N, W = keys[idx[0]]
         first = (N, W) not in compiled
         if first and pending is not None:  # a compiling step is timed on its own
-          pending = self._finish(pending, hist, writer, bar, ckpts)
+          self._finish(pending, hist, writer, bar, ckpts)
+          pending = None
         now = self._dispatch([train_items[i] for i in idx], dict(sizes, N=N, W=W), first, step)
         compiled.add((N, W))
         if pending is not None:
@@ -252,7 +252,8 @@ class Trainer:
         pending = now
         due_eval = bool(val_items) and (step % t.eval_every == 0 or step == end)
         if due_eval or step % t.save_every == 0 or step == end:
-          pending = self._finish(pending, hist, writer, bar, ckpts)  # checkpoints are checked
+          self._finish(pending, hist, writer, bar, ckpts)  # a checkpoint's step is checked
+          pending = None
           if due_eval:
             self._validate(hist, val_items, acc_examples, writer, step, workdir)
           ckpts.save(step, self.trainable, self.opt_state,
@@ -306,7 +307,7 @@ class Trainer:
                 branches=float(host["branch_lengths"].shape[1]))
 
   def _finish(self, p: dict, hist: History, writer, bar, ckpts: Checkpoints) -> None:
-    """Fetches a dispatched step's metrics (waiting for it), checks them, logs them; None."""
+    """Fetches a dispatched step's metrics (waiting for it), checks them, logs them."""
     m = {k: float(fetch(v)) for k, v in p["metrics"].items()}
     done = time.perf_counter()
     # Wall time since the previous step finished: the step itself in a steady stream; the
