@@ -4,6 +4,7 @@ GAIA absent, psynth with an identity adapter == naive)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from psynth.data import facts, fixed
 from psynth.data.sources import data_dir
 from psynth.eval import readers, records, report
 from psynth.eval.runner import NO_ADAPTER, eval_main
+from psynth.eval.settings import EvalSettings
 from psynth.eval.tasks import TASKS, BuildOptions, TaskUnavailable
 from psynth.eval.tasks import gaia as gaia_task
 
@@ -28,14 +30,14 @@ STATS = ("accuracy", "ci_low", "ci_high", "n")
 
 
 @pytest.fixture(scope="module")
-def cfg():
+def settings():
   path = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
   spec = importlib.util.spec_from_file_location("psynth_tiny_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
   c.synthesis.worker_max_new_tokens, c.synthesis.max_new_tokens = 6, 6
-  return c
+  return EvalSettings.from_config(c)
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +259,21 @@ def test_gaia_local_copy(tmp_path):
   assert gaia_task.gaia_match("Paris.", "paris") and not gaia_task.gaia_match(None, "x")
 
 
-def test_psynth_without_adapter_says_how_to_get_one(cfg, tmp_path):
+def test_settings_from_config_sections_then_eval_then_overrides():
+  from ml_collections import ConfigDict
+  cfg = ConfigDict({"seed": 3, "model": {"name": "m", "dtype": "bfloat16"},
+                    "synthesis": {"max_new_tokens": 7, "mode": "shared_start"},
+                    "eval": {"max_new_tokens": 9, "batch": 4, "tasks": "facts"}})
+  s = EvalSettings.from_config(cfg, batch=2)
+  assert (s.model, s.dtype, s.seed, s.max_new_tokens, s.batch) == ("m", "bfloat16", 3, 9, 2)
+  assert s.num_branches == EvalSettings.num_branches  # absent: the default
+  with pytest.raises(ValueError, match=r"unknown eval setting\(s\) \['batches'\]; accepted"):
+    EvalSettings.from_config(cfg, batches=2)
+
+
+def test_psynth_without_adapter_says_how_to_get_one(settings, tmp_path):
   with pytest.raises(ValueError, match="needs --adapter=DIR") as e:
-    eval_main(cfg, "hotpotqa", "text,psynth", limit=1, output_dir=tmp_path)
+    eval_main(settings, "hotpotqa", "text,psynth", limit=1, output_dir=tmp_path)
   assert "python -m psynth train" in str(e.value) and str(e.value) == NO_ADAPTER
 
 
@@ -281,9 +295,9 @@ def _stats(summary: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, cfg, loaded):
+def full_run(tmp_path_factory, settings, loaded):
   out = tmp_path_factory.mktemp("full")
-  summary = eval_main(cfg, RUN_TASKS, RUN_METHODS, limit=2, output_dir=out, loaded=loaded,
+  summary = eval_main(settings, RUN_TASKS, RUN_METHODS, limit=2, output_dir=out, loaded=loaded,
                       progress=False)
   return out, summary
 
@@ -322,10 +336,10 @@ def test_run_writes_summary_predictions_and_table(full_run, items):
       assert not any(s in p.read_text(errors="replace") for s in secret), p
 
 
-def test_sharded_run_merged_equals_unsharded(full_run, cfg, loaded, tmp_path):
+def test_sharded_run_merged_equals_unsharded(full_run, settings, loaded, tmp_path):
   out, summary = full_run
   for k in (1, 0):
-    assert eval_main(cfg, RUN_TASKS, RUN_METHODS, limit=2, output_dir=tmp_path, num_shards=2,
+    assert eval_main(settings, RUN_TASKS, RUN_METHODS, limit=2, output_dir=tmp_path, num_shards=2,
                      shard_id=k, loaded=loaded, progress=False) is None
   assert len(records.read_jsonl(tmp_path / "predictions" / "hotpotqa" /
                                 "text.shard-00001-of-00002.jsonl")) == 1
@@ -334,10 +348,10 @@ def test_sharded_run_merged_equals_unsharded(full_run, cfg, loaded, tmp_path):
   assert _predictions(tmp_path) == _predictions(out)
 
 
-def test_interrupted_run_resumed_equals_uninterrupted(full_run, cfg, loaded, tmp_path):
+def test_interrupted_run_resumed_equals_uninterrupted(full_run, settings, loaded, tmp_path):
   out, summary = full_run
   kw = dict(limit=2, output_dir=tmp_path, loaded=loaded, progress=False)
-  assert eval_main(cfg, RUN_TASKS, RUN_METHODS, max_predictions=4, **kw) is None
+  assert eval_main(settings, RUN_TASKS, RUN_METHODS, max_predictions=4, **kw) is None
   shard = "shard-00000-of-00001"
   gpqa = tmp_path / "predictions" / "gpqa_diamond"
   done = {m: len(records.read_jsonl(gpqa / f"{m}.{shard}.jsonl"))
@@ -345,14 +359,14 @@ def test_interrupted_run_resumed_equals_uninterrupted(full_run, cfg, loaded, tmp
   assert done == {"single": 2, "text": 2, "naive": 0}  # method by method, batched
   with open(tmp_path / "predictions" / "gpqa_diamond" / f"text.{shard}.jsonl", "a") as f:
     f.write('{"id": "torn, the process died mid-li')  # a torn last line is cut on resume
-  resumed = eval_main(cfg, RUN_TASKS, RUN_METHODS, **kw)
+  resumed = eval_main(settings, RUN_TASKS, RUN_METHODS, **kw)
   assert _stats(resumed) == _stats(summary)
   assert _predictions(tmp_path) == _predictions(out)
   with pytest.raises(ValueError, match="num_branches"):  # other settings: not mixed in
-    eval_main(cfg, RUN_TASKS, RUN_METHODS, num_branches=2, **kw)
+    eval_main(dataclasses.replace(settings, num_branches=2), RUN_TASKS, RUN_METHODS, **kw)
 
 
-def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
+def test_psynth_identity_adapter_equals_naive(full_run, settings, tmp_path):
   """A fresh adapter (LoRA B = 0, mapper at identity) leaves the cache path unchanged. The
   workers' texts come from the first run's files: reused, not regenerated."""
   import shutil
@@ -371,7 +385,7 @@ def test_psynth_identity_adapter_equals_naive(full_run, cfg, tmp_path):
   out = tmp_path / "out"
   shutil.copytree(full_run[0] / "branches", out / "branches")
   shutil.copy(full_run[0] / "run.json", out / "run.json")
-  summary = eval_main(cfg, "hotpotqa", "psynth", limit=2, output_dir=out, adapter=adapter,
+  summary = eval_main(settings, "hotpotqa", "psynth", limit=2, output_dir=out, adapter=adapter,
                       loaded=psynth.load("tiny-random"), progress=False)
   preds = _predictions(out)["hotpotqa/psynth"]
   naive = _predictions(full_run[0])["hotpotqa/naive"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from psynth import sharding
 from psynth.commands.common import synth_adapter
 from psynth.eval import report, runner
+from psynth.eval.settings import EvalSettings
 
 
 def main(cfg, args: list[str] = ()) -> None:
@@ -20,8 +21,8 @@ def main(cfg, args: list[str] = ()) -> None:
     return
   d = cfg.dist
   sharding.init_distributed(d.coordinator, d.num_processes, d.process_id, d.auto)
-  summary = runner.eval_main(cfg, e.tasks, e.methods, e.limit or None, e.output_dir,
-                             synth_adapter(cfg.model.name), e.num_shards, e.shard_id,
-                             gaia_dir=e.gaia_dir)
+  summary = runner.eval_main(EvalSettings.from_config(cfg), e.tasks, e.methods,
+                             e.limit or None, e.output_dir, synth_adapter(cfg.model.name),
+                             e.num_shards, e.shard_id, gaia_dir=e.gaia_dir)
   if summary is not None:
     print((Path(e.output_dir) / "results.md").read_text())

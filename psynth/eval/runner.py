@@ -1,7 +1,7 @@
 """`python -m psynth eval`: tasks x methods on one model, in one run, sharded and resumable.
 
-    summary = eval_main(cfg, "arc_easy,hotpotqa", "single,text,naive", limit=5,
-                        output_dir="runs/eval")
+    summary = eval_main(EvalSettings.from_config(cfg), "arc_easy,hotpotqa",
+                        "single,text,naive", limit=5, output_dir="runs/eval")
 
 Per task, this shard's examples (index % num_shards == shard_id, after `limit`) are run in
 batches of `batch` examples, in order: the workers once per example (texts saved to
@@ -29,6 +29,7 @@ from psynth.data.branches import load_examples
 from psynth.data.sources import data_dir
 from psynth.eval import methods as methods_lib
 from psynth.eval import records, report
+from psynth.eval.settings import EvalSettings
 from psynth.eval.tasks import BuildOptions, Task, TaskUnavailable, get_tasks
 from psynth.loading import load
 from psynth.synthesis.adapter import Adapter
@@ -42,47 +43,6 @@ NO_ADAPTER = (
     "`python -m psynth data` builds its data), or a PEFT adapter or reference release "
     "(cache_mapper.pt + judger_lora/), e.g. converted by `python -m psynth export`. "
     "Or leave psynth out of eval.methods.")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-  """What saved branches and predictions depend on; DIR/run.json keeps it, and a rerun into
-  the same DIR must match it."""
-  model: str = "smollm2-135m-instruct"
-  dtype: str = "float32"
-  num_branches: int = 3  # workers per example (the reference uses 3)
-  worker_max_new_tokens: int = 64
-  max_new_tokens: int = 48  # the synthesizer's (and single's) answer budget, greedy
-  worker_temperature: float = 0.7  # "sample" tasks only; "chunk" workers are greedy
-  worker_top_p: float = 0.95
-  mode: str = "shared_start"  # branch position mode of the cache methods
-  max_branch_words: int = 120  # one evidence chunk ("chunk" tasks)
-  seed: int = 0
-  batch: int = 16  # examples per batched call (workers, then each method)
-  data_dir: str = ""  # "" = $PSYNTH_DATA or ../shared/data
-  # A training file (`python -m psynth data`'s train.jsonl): its source questions are left out
-  # of every task, so a trained adapter is never scored on what it learned from.
-  held_out_from: str = ""
-
-
-def settings_from_config(cfg, **overrides) -> EvalSettings:
-  """Settings from a psynth config (model, synthesis lengths and mode, seed, the data
-  directory; then `cfg.eval` fields of the same names), then `overrides`. Absent fields keep
-  EvalSettings' defaults."""
-  known = {f.name for f in dataclasses.fields(EvalSettings)}
-  unknown = sorted(set(overrides) - known)
-  if unknown:
-    raise ValueError(f"unknown eval setting(s) {unknown}; accepted: {sorted(known)}")
-  section = lambda name: cfg.get(name) or {}
-  model, synthesis, data = section("model"), section("synthesis"), section("data")
-  found = dict(model=model.get("name"), dtype=model.get("dtype"), seed=cfg.get("seed"),
-               data_dir=data.get("data_dir"),
-               worker_max_new_tokens=synthesis.get("worker_max_new_tokens"),
-               max_new_tokens=synthesis.get("max_new_tokens"), mode=synthesis.get("mode"))
-  values = {k: v for k, v in found.items() if v is not None}
-  values.update({k: v for k, v in section("eval").items() if k in known})
-  values.update(overrides)
-  return EvalSettings(**values)
 
 
 def trained_groups(path: str | Path) -> set[str]:
@@ -219,15 +179,15 @@ def _worker_texts(loaded, task: Task, batch, s: EvalSettings, saved: dict, bfile
   return [saved[it.id]["texts"] for _, it in batch]
 
 
-def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | Path = "runs/eval",
-              adapter: str | Path | None = None, num_shards: int | None = None,
-              shard_id: int | None = None, *, gaia_dir: str = "",
-              max_predictions: int | None = None, loaded=None, progress: bool = True,
-              **settings) -> dict | None:
+def eval_main(s: EvalSettings, tasks, methods, limit: int | None = None,
+              output_dir: str | Path = "runs/eval", adapter: str | Path | None = None,
+              num_shards: int | None = None, shard_id: int | None = None, *, gaia_dir: str = "",
+              max_predictions: int | None = None, loaded=None,
+              progress: bool = True) -> dict | None:
   """Evaluates `methods` on `tasks` (names, or comma-separated strings); returns the summary
   (task -> method -> stats) when this run merged, None when another shard still has to finish
-  or `max_predictions` stopped it early. `loaded`: a model already loaded for `cfg` (its
-  model gets the adapter's LoRA); `settings`: EvalSettings fields overriding `cfg`."""
+  or `max_predictions` stopped it early. `loaded`: a model already loaded for `s.model` (its
+  model gets the adapter's LoRA)."""
   task_list, method_list = get_tasks(tasks), parse_methods(methods)
   if adapter is not None and str(adapter).lower() in adapters.NONE:
     adapter = None
@@ -236,7 +196,6 @@ def eval_main(cfg, tasks, methods, limit: int | None = None, output_dir: str | P
   if limit is not None and limit < 1:
     raise ValueError(f"limit={limit}; pass a positive number of examples per task, or None for all")
   n, k = resolve_shards(num_shards, shard_id)
-  s = settings_from_config(cfg, **settings)
   out = Path(output_dir)
   check_run_file(out, s)
   opts = BuildOptions(data_dir(s.data_dir or None), s.num_branches, s.max_branch_words, s.seed,
