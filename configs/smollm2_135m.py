@@ -15,7 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.compile_cache = ""
   c.workdir = "runs/smollm2_135m"  # train: TensorBoard events, checkpoints/, adapter/
   # "smollm2-135m-instruct" (embedded, no hub), an HF checkpoint dir, a .gguf file or a hub id.
-  c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32"))
+  # scan_layers: run the layers as one lax.scan (XLA compiles one layer, not all of them:
+  # large models, accelerators; on this CPU the unrolled loop is as fast). Training only.
+  c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32",
+                                           scan_layers=False))
   c.sampling = ml_collections.ConfigDict(
       dict(max_new_tokens=128, temperature=0.0, top_p=1.0, seed=0))
   c.synthesis = ml_collections.ConfigDict(dict(
@@ -45,9 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
       # the val answer accuracy (greedy synthesis, `val_batch` examples at a time) on
       # `val_accuracy_examples` of them; the best adapter is kept by accuracy.
       val_examples=256, val_accuracy_examples=64, val_batch=16,
-      # Layers as one lax.scan (weights stacked per call; compiles one layer) and remat. On
-      # this CPU the unrolled loop is as fast; large models on accelerators want both.
-      scan_layers=False, remat=False))
+      # remat: with model.scan_layers, recompute each layer's activations in the backward
+      # pass instead of keeping them (large models on accelerators).
+      remat=False))
   # Evaluation (`python -m psynth eval`): which tasks and methods (comma-separated), examples
   # per task (0 = all), where predictions go (a rerun resumes), shards (-1: the JAX process
   # count / index); branches per task, how sampled workers sample, and the word budget of an
@@ -59,6 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
       num_shards=-1, shard_id=-1, gaia_dir="", merge_only=False,
       num_branches=3, worker_temperature=0.7, worker_top_p=0.95, max_branch_words=64,
       held_out_from="", batch=16))
+  # `python -m psynth compile`: the train step (train.*, mesh.*; rows of these lengths), the
+  # synthesizer's cache prefill and a decode step (synth_batch examples of `branches`
+  # branches of branch_tokens, on a synth_data x synth_tensor mesh, -1: the chips left)
+  # compiled for a TPU topology (v5p-64, v5e-8, v5e:2x2, ...) from shapes only. hbm_gib: a
+  # budget below the chip's HBM (0: the chip's); json: also write the report there.
+  c.compile = ml_collections.ConfigDict(dict(
+      topology="v5e-4", functions="train,prefill,decode", hbm_gib=0.0, json="",
+      prefix_tokens=64, worker_row_tokens=160, synth_row_tokens=128, branches=3,
+      synth_batch=1, branch_tokens=64, synth_prompt_tokens=64, new_tokens=48,
+      synth_data=1, synth_tensor=-1))
   # Devices: data-parallel x fsdp (x tensor); data=-1 takes every device left over.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Several processes: a coordinator "host:port" with their count and this one's id, or

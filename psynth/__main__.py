@@ -15,7 +15,7 @@ from pathlib import Path
 from absl import app
 from ml_collections import config_flags
 
-from psynth import compile_cache
+from psynth import compile_cache, platforms
 from psynth.commands import COMMANDS
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "smollm2_135m.py")
@@ -27,6 +27,7 @@ def main() -> None:
     listing = "\n".join(f"  {k:<11}{v}" for k, v in COMMANDS.items())
     sys.exit(f"usage: python -m psynth COMMAND [flags]\n\ncommands:\n{listing}"
              + (f"\n\nunknown command {name!r}" if name else ""))
+  platforms.cpu_unless_accelerator()  # before any JAX backend starts
   command = importlib.import_module(f"psynth.commands.{name}")  # defines its flags
   config = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file.")
 

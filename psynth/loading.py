@@ -34,11 +34,12 @@ class Loaded:
   eos_ids: tuple[int, ...]
   adapter: Adapter | None = None  # the synthesizer's LoRA (in `model`) + mapper, if loaded
   adapter_path: Path | None = None
+  mesh: Any = None  # a jax Mesh: the engine runs sharded on it (`Engine`)
   engine: Engine = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
     # Built after the LoRA is in the model: the engine holds the model's state as it is now.
-    self.engine = Engine(self.model)
+    self.engine = Engine(self.model, self.mesh)
 
 
 def _eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
@@ -53,7 +54,7 @@ def _eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
 
 
 def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float32", *,
-         adapter: str | Path | None = None) -> Loaded:
+         adapter: str | Path | None = None, mesh=None) -> Loaded:
   """Loads a model, its tokenizer and config; `dtype` sets parameters and activations alike.
 
   `name_or_path`: "smollm2-135m-instruct" (the embedded default, needs no hub), an HF
@@ -62,6 +63,8 @@ def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float
   with psynth for this model ("default"), an adapter directory (psynth, PEFT or reference
   release), or None / "none". Cache synthesis then uses it unless told otherwise; workers
   and text synthesis never do (the LoRA is off for them).
+  `mesh`: run inference on it (`psynth.sharding.make_mesh`): weights tensor-parallel, KV caches
+  over KV heads and rows, by the training's logical axis rules.
   """
   if dtype not in SUPPORTED_DTYPES:
     raise ValueError(f"dtype={dtype!r}; supported: {SUPPORTED_DTYPES}")
@@ -78,4 +81,4 @@ def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float
     syn = Adapter(mapper=load_any_adapter(adapter_dir, model), lora=True)
     log.info("adapter %s: LoRA + %s mapper", adapter_dir,
              syn.mapper.kind if syn.mapper is not None else "no")
-  return Loaded(model, tokenizer, cfg, path, _eos_ids(path, tokenizer), syn, adapter_dir)
+  return Loaded(model, tokenizer, cfg, path, _eos_ids(path, tokenizer), syn, adapter_dir, mesh)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Iterator, Sequence
 
 import jax
@@ -45,8 +46,11 @@ def use_mesh(mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES) -> Iterator[Mes
 
 
 def logical_spec(axes: Sequence[str | None], rules: Sequence[tuple] | None = None,
-                 mesh: Mesh | None = None) -> PartitionSpec:
-  """Maps logical axis names to a `PartitionSpec` (mesh axes absent from the mesh are dropped)."""
+                 mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> PartitionSpec:
+  """Maps logical axis names to a `PartitionSpec` (mesh axes absent from the mesh are dropped).
+
+  `shape`: also drop mesh axes that do not divide their dimension, which is then replicated:
+  for arrays whose sizes vary at run time (3 branch rows of a cache on 4 data devices)."""
   if rules is None or mesh is None:
     active = _active.get()
     if active is None:
@@ -55,11 +59,17 @@ def logical_spec(axes: Sequence[str | None], rules: Sequence[tuple] | None = Non
   table = dict(rules)
   used: set[str] = set()
   out = []
-  for name in axes:
+  for i, name in enumerate(axes):
     target = table.get(name) if name is not None else None
     targets = (target,) if isinstance(target, str) else tuple(target or ())
     # A mesh axis may shard one dimension only, and size-1 axes are pointless.
     targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1 and t not in used)
+    if shape is not None:
+      fit = []
+      for t in targets:
+        if shape[i] % (math.prod(mesh.shape[a] for a in fit) * mesh.shape[t]) == 0:
+          fit.append(t)
+      targets = tuple(fit)
     used.update(targets)
     out.append(targets[0] if len(targets) == 1 else (targets or None))
   return PartitionSpec(*out)
@@ -70,7 +80,8 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   active = _active.get()
   if active is None:
     return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(active[0], logical_spec(axes)))
+  spec = logical_spec(axes, shape=x.shape)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(active[0], spec))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -87,6 +98,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
                        devices=devices)
 
 
+def variable_sharding(var, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES) -> NamedSharding:
+  """Where an NNX parameter goes: by its `logical_axes` metadata (replicated without any)."""
+  axes = var.get_metadata().get("logical_axes", (None,) * var.ndim)
+  return NamedSharding(mesh, logical_spec(axes, rules, mesh))
+
+
 def shard_params(module, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
   """Places every parameter of an NNX module by its `logical_axes` metadata (in place).
 
@@ -95,17 +112,24 @@ def shard_params(module, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
   from flax import nnx
 
   for _, var in nnx.to_flat_state(nnx.state(module)):
-    axes = var.get_metadata().get("logical_axes", (None,) * var.ndim)
-    var.set_value(to_global(var[...], NamedSharding(mesh, logical_spec(axes, rules, mesh))))
+    var.set_value(to_global(var[...], variable_sharding(var, mesh, rules)))
   return module
 
 
+def cache_shardings(cache, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
+  """A KVCache's layout as a KVCache of NamedShardings: rows over the data axes, KV heads over
+  the tensor axis, each where it divides (what `shard_cache` places, and what an
+  ahead-of-time compile assumes)."""
+  named = lambda x, axes: NamedSharding(mesh, logical_spec(axes, rules, mesh, x.shape))
+  rows = ("batch", "cache_seq")
+  return cache.replace(k=named(cache.k, cache.logical_axes), v=named(cache.v, cache.logical_axes),
+                       positions=named(cache.positions, rows), valid=named(cache.valid, rows),
+                       end=NamedSharding(mesh, PartitionSpec()))
+
+
 def shard_cache(cache, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
-  """Places a KVCache: rows over the data axes, KV heads over the tensor axis."""
-  put = lambda x, axes: jax.device_put(x, NamedSharding(mesh, logical_spec(axes, rules, mesh)))
-  return cache.replace(k=put(cache.k, cache.logical_axes), v=put(cache.v, cache.logical_axes),
-                       positions=put(cache.positions, ("batch", "cache_seq")),
-                       valid=put(cache.valid, ("batch", "cache_seq")))
+  """Places a KVCache by `cache_shardings`."""
+  return jax.tree.map(jax.device_put, cache, cache_shardings(cache, mesh, rules))
 
 
 def init_distributed(coordinator: str = "", num_processes: int = 1, process_id: int = 0,

@@ -6,6 +6,8 @@ import os
 
 # Mesh tests need several devices; every test sees the same 8 simulated CPU devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests run on CPU; libtpu (installed for `psynth compile`) is loaded only by the compile tests.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 import pytest

@@ -9,13 +9,13 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "psynth"
 LAYERS = [
-    {"atomic", "paths", "sharding", "compile_cache", "config_files"},
+    {"atomic", "paths", "sharding", "compile_cache", "config_files", "platforms"},
     {"model"},  # the transformer, its KV cache and rotary, LoRA
     {"cache"},  # cache ops, re-encoding, mappers
     {"convert", "adapters"},  # checkpoints and adapter files in and out
     {"synthesis", "loading"},  # engine, fan-out, synthesis; load() = weights + adapter + engine
     {"data"},
-    {"train", "eval", "bench"},
+    {"train", "eval", "bench", "aot"},  # aot: ahead-of-time compiles of train and synthesis
     {"commands"},
     {"__main__"},
 ]

@@ -43,3 +43,12 @@ def test_scanned_layers_equal_unrolled_logits_cache_and_grads(name, tiny_checkpo
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-6 + 1e-4 * np.abs(np.asarray(a)).max()
   assert max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(g0)) > 0
+
+
+def test_scan_layers_is_one_model_setting_the_large_config_turns_on():
+  from psynth import config_files
+  from psynth.train.settings import TrainSettings
+
+  big, small = (TrainSettings.from_config(config_files.load(n)) for n in ("qwen3_14b", "tiny"))
+  assert big.model.scan_layers and big.train.remat and not small.model.scan_layers
+  assert "scan_layers" not in config_files.load("qwen3_14b").train

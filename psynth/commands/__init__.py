@@ -10,4 +10,5 @@ COMMANDS = {
     "eval": "evaluate methods on benchmarks: accuracy, CI, paired differences, TTFT",
     "train": "train the synthesizer LoRA and cache mapper",
     "export": "export an adapter: merged HF / PEFT / reference release / psynth dir",
+    "compile": "compile train step, prefill, decode for a TPU topology: memory per chip",
 }

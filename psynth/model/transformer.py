@@ -366,6 +366,10 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   else:
     new_cache = cache.replace(k=new_k, v=new_v, positions=positions_BxT,
                               valid=positions_BxT >= 0, end=jnp.int32(T))
+  # The cache leaves laid out as it came (KV heads over the tensor axis), so a donated cache
+  # is reused in place, step after step.
+  new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
+                                v=constrain(new_cache.v, new_cache.logical_axes))
 
   if last_only:
     last = jnp.argmax(positions_BxT, axis=1)  # [B]

@@ -20,7 +20,6 @@ import numpy as np
 
 from psynth.cache import ops
 from psynth.model.kv_cache import KVCache
-from psynth.model.transformer import init_cache
 from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
 from psynth.synthesis.prompts import common_prefix_len
 
@@ -58,7 +57,7 @@ def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slo
   Pb = bucket(P) if P else 0
   own = [list(p[P:]) for p in prompts]
   Ob = bucket(max(len(o) for o in own))
-  cache = init_cache(engine.config, 1, Pb + Ob + tail_slots)
+  cache = engine.new_cache(1, Pb + Ob + tail_slots)
   if P:
     cache = engine.fill_cache(cache, *right_pad([prompts[0][:P]], Pb), attend_cache=False)
   prefix = ops.take_slots(cache, 0, Pb) if P else None

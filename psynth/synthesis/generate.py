@@ -7,6 +7,7 @@ whether a prefill reads the cache (`attend_cache`) and whether the LoRA is on (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -16,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
+from psynth import sharding
 from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis.sampling import sample
@@ -87,26 +90,65 @@ def right_pad(rows: Sequence[Sequence[int]], length: int, start: Sequence[int] |
   return tokens, positions
 
 
+def prefill_step(graphdef):
+  """The jitted prefill of a model (`nnx.split`'s graphdef): `(state, tokens, positions, cache,
+  key, temperature, top_p, *, greedy, attend_cache, lora) -> (next tokens [B], last logits
+  [B, V], cache)`, the cache donated. Arguments may be arrays or, to compile ahead of time
+  (`psynth.aot`), shapes with shardings."""
+
+  def prefill(state, tokens, positions, cache, key, temperature, top_p, greedy, attend_cache,
+              lora):
+    logits, cache = forward(nnx.merge(graphdef, state), tokens, positions, cache,
+                            last_only=True, attend_cache=attend_cache, lora=lora)
+    return sample(logits[:, 0], key, temperature, top_p, greedy=greedy), logits[:, 0], cache
+
+  return jax.jit(prefill, static_argnames=("greedy", "attend_cache", "lora"), donate_argnums=3)
+
+
+def decode_step(graphdef):
+  """The jitted decode step: `(state, tokens [B, 1], positions, cache, key, temperature,
+  top_p, *, greedy, lora) -> (next tokens [B], cache)`, the cache donated."""
+
+  def decode(state, tokens, positions, cache, key, temperature, top_p, greedy, lora):
+    logits, cache = forward(nnx.merge(graphdef, state), tokens, positions, cache, lora=lora)
+    return sample(logits[:, -1], key, temperature, top_p, greedy=greedy), cache
+
+  return jax.jit(decode, static_argnames=("greedy", "lora"), donate_argnums=3)
+
+
 class Engine:
-  """Compiled prefill/decode for one model. jit caches one executable per shape bucket."""
+  """Compiled prefill/decode for one model. jit caches one executable per shape bucket.
 
-  def __init__(self, model: Transformer):
+  `mesh`: run on it with the training's logical axis rules (`psynth.sharding`): weights
+  tensor-parallel (placed here, in place), KV caches over KV heads and, where the row count
+  divides, rows over the data axes. Caches come from `new_cache`; calls run under `placed()`.
+  """
+
+  def __init__(self, model: Transformer, mesh: Mesh | None = None,
+               rules: Sequence[tuple] = sharding.DEFAULT_RULES):
     self.config = model.config
+    self.mesh, self.rules = mesh, tuple(rules)
+    if mesh is not None:
+      tensor = mesh.shape.get("tensor", 1)
+      if model.config.num_kv_heads % tensor or model.config.num_heads % tensor:
+        raise ValueError(f"a tensor axis of {tensor} devices does not divide the model's "
+                         f"{model.config.num_heads} heads and {model.config.num_kv_heads} KV "
+                         "heads; choose a tensor size dividing both")
+      sharding.shard_params(model, mesh, self.rules)
     self.graphdef, self.state = nnx.split(model)
+    self.prefill = prefill_step(self.graphdef)
+    self.decode = decode_step(self.graphdef)
 
-    def prefill(state, tokens, positions, cache, key, temperature, top_p, greedy, attend_cache,
-                lora):
-      logits, cache = forward(nnx.merge(self.graphdef, state), tokens, positions, cache,
-                              last_only=True, attend_cache=attend_cache, lora=lora)
-      return sample(logits[:, 0], key, temperature, top_p, greedy=greedy), logits[:, 0], cache
+  def placed(self):
+    """The context every call of this engine's functions runs in: its mesh, if any."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    return sharding.use_mesh(self.mesh, self.rules)
 
-    def decode(state, tokens, positions, cache, key, temperature, top_p, greedy, lora):
-      logits, cache = forward(nnx.merge(self.graphdef, state), tokens, positions, cache, lora=lora)
-      return sample(logits[:, -1], key, temperature, top_p, greedy=greedy), cache
-
-    self._prefill = jax.jit(prefill, static_argnames=("greedy", "attend_cache", "lora"),
-                            donate_argnums=3)
-    self._decode = jax.jit(decode, static_argnames=("greedy", "lora"), donate_argnums=3)
+  def new_cache(self, batch: int, slots: int) -> KVCache:
+    """An empty cache laid out for this engine (sharded on its mesh)."""
+    cache = init_cache(self.config, batch, slots)
+    return cache if self.mesh is None else sharding.shard_cache(cache, self.mesh, self.rules)
 
   def check_fits(self, prompt_len: int, max_new_tokens: int) -> int:
     """Validates a prompt's last position against the context; returns the max_new that fits."""
@@ -129,7 +171,7 @@ class Engine:
     t0 = time.perf_counter()
     T = bucket(int(lengths.max()))
     tokens, positions = right_pad(prompts, T)
-    cache = init_cache(self.config, len(prompts), bucket(T + max_new))
+    cache = self.new_cache(len(prompts), bucket(T + max_new))
     return self.continue_from(cache, tokens, positions, lengths, dataclasses.replace(
         sampling, max_new_tokens=max_new), eos_ids, t0=t0, attend_cache=False)
 
@@ -146,8 +188,9 @@ class Engine:
     t0 = time.perf_counter() if t0 is None else t0
     greedy = sampling.temperature == 0
     key, sub = jax.random.split(jax.random.key(sampling.seed))
-    tok, _, cache = self._prefill(self.state, tokens, positions, cache, sub, *_knobs(sampling),
-                                  greedy, attend_cache, lora)
+    with self.placed():
+      tok, _, cache = self.prefill(self.state, tokens, positions, cache, sub, *_knobs(sampling),
+                                   greedy, attend_cache, lora)
     return self.decode_from(np.asarray(tok), cache, next_pos, sampling, eos_ids, t0=t0,
                             key=key, lora=lora, keep_cache=keep_cache)
 
@@ -183,8 +226,9 @@ class Engine:
       key, sub = jax.random.split(key)
       if callable(cache):
         cache = cache()
-      tok, cache = self._decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub, temp,
-                                top_p, greedy, lora)
+      with self.placed():
+        tok, cache = self.decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub,
+                                 temp, top_p, greedy, lora)
       tok = np.asarray(tok)
       if last:
         break  # that step only wrote the final tokens' K/V (keep_cache)
@@ -195,6 +239,7 @@ class Engine:
     """Prefill only: `cache` with the K/V of `tokens` written (nothing is fetched to the host,
     so the call returns before the device is done)."""
     key = jax.random.key(0)
-    _, _, cache = self._prefill(self.state, tokens, positions, cache, key, jnp.float32(1),
-                                jnp.float32(1), True, attend_cache, lora)
+    with self.placed():
+      _, _, cache = self.prefill(self.state, tokens, positions, cache, key, jnp.float32(1),
+                                 jnp.float32(1), True, attend_cache, lora)
     return cache

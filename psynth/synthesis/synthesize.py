@@ -26,7 +26,7 @@ from flax import nnx
 from psynth.cache import ops, reencode
 from psynth.model import rope
 from psynth.model.kv_cache import KVCache
-from psynth.model.transformer import Transformer, forward, init_cache
+from psynth.model.transformer import Transformer, forward
 from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.fanout import Branches
 from psynth.synthesis.generate import Engine, SamplingConfig, branch_bucket, bucket, right_pad
@@ -64,11 +64,12 @@ def _merge_inputs(mapper_graphdef, mapper_state, branches: KVCache, rows, length
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora"))
-def _first_logits(graphdef, state, mapper_graphdef, mapper_state, branches: KVCache, rows,
-                  lengths_BxN, starts_BxN, prefix: KVCache | None, tokens, positions, *,
-                  lora: bool):
-  """Synthesizer prefill on the branches re-encoded, mapped and merged lazily, layer by layer:
-  (last logits [B, V], the prompts' own K/V as a T-slot cache)."""
+def first_logits(graphdef, state, mapper_graphdef, mapper_state, branches: KVCache, rows,
+                 lengths_BxN, starts_BxN, prefix: KVCache | None, tokens, positions, *,
+                 lora: bool):
+  """The synthesizer's cache prefill: the prompts on the branches re-encoded, mapped and
+  merged lazily, layer by layer: (last logits [B, V], the prompts' own K/V as a T-slot
+  cache). `rows`: `branch_layout`'s row index or None."""
   model: Transformer = nnx.merge(graphdef, state)
   cfg = model.config
   branches, inv_freq, mapper = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
@@ -137,11 +138,16 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
   m_graphdef, m_state = (nnx.split(adapter.mapper) if adapter.mapper is not None else (None, None))
   args = (branches.cache, rows, jnp.asarray(lengths_BxN), jnp.asarray(starts_BxN, jnp.int32),
           prefix)
-  logits, own = _first_logits(engine.graphdef, engine.state, m_graphdef, m_state, *args, tokens,
-                              positions, lora=adapter.lora)
+  with engine.placed():
+    logits, own = first_logits(engine.graphdef, engine.state, m_graphdef, m_state, *args,
+                               tokens, positions, lora=adapter.lora)
   cfg = engine.config
-  decode_cache = lambda: _decode_cache(cfg.rope, cfg.head_dim, m_graphdef, m_state, *args, own,
-                                       extra_slots=bucket(max_new_tokens))
+
+  def decode_cache():
+    with engine.placed():
+      return _decode_cache(cfg.rope, cfg.head_dim, m_graphdef, m_state, *args, own,
+                           extra_slots=bucket(max_new_tokens))
+
   return logits, decode_cache, synth_start_B + np.array([len(p) for p in rest])
 
 
@@ -185,7 +191,7 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
     if n:
       cache = ops.extend(ops.tile_rows(ops.truncate(branches.prefix, n), B), Rb + extra)
     else:
-      cache = init_cache(engine.config, B, Rb + extra)
+      cache = engine.new_cache(B, Rb + extra)
     tokens, positions = right_pad(rest, Rb, start=n)
     gen = engine.continue_from(cache, tokens, positions, [len(p) for p in prompts],
                                dataclasses.replace(sampling, max_new_tokens=max_new), eos_ids,

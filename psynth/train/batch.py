@@ -76,6 +76,23 @@ def row_len(it: Tokenized) -> int:
   return max(len(p) - P + len(o) for p, o in zip(it.worker_prompts, it.branch_outputs))
 
 
+def layout(B: int, N: int, P: int, W: int, T: int,
+           Tt: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Every array of a batch of B examples of N branches: name -> (shape, dtype). `Tt`: the
+  text-synthesizer rows too (distillation). What `collate` fills, and what an ahead-of-time
+  compile (`psynth.aot`) feeds the train step as shapes."""
+  i32 = np.dtype(np.int32)
+  out = dict(prefix_tokens=((B, P), i32), prefix_positions=((B, P), i32),
+             worker_tokens=((B * N, W), i32), worker_positions=((B * N, W), i32),
+             out_start=((B * N,), i32), branch_lengths=((B, N), i32),
+             synth_tokens=((B, T), i32), synth_positions=((B, T), i32),
+             loss_mask=((B, T), np.dtype(np.float32)))
+  if Tt is not None:
+    out.update(teacher_tokens=((B, Tt), i32), teacher_positions=((B, Tt), i32),
+               teacher_index=((B, T), i32))
+  return out
+
+
 def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
             with_text: bool = False) -> dict[str, np.ndarray]:
   """Pads B tokenized examples into arrays; `sizes` fixes N/P/W/T/Tt (else the batch's own,
@@ -94,17 +111,13 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
   if max(Ps) > P or max(map(row_len, items)) > W or max(map(len, synth)) > T:
     raise ValueError(f"batch needs P={max(Ps)}, W={max(map(row_len, items))}, "
                      f"T={max(map(len, synth))}; sizes given {sizes}")
-  out = dict(
-      prefix_tokens=np.zeros((B, P), np.int32),
-      prefix_positions=np.full((B, P), -1, np.int32),
-      worker_tokens=np.zeros((B * N, W), np.int32),
-      worker_positions=np.full((B * N, W), -1, np.int32),
-      out_start=np.zeros((B * N,), np.int32),
-      branch_lengths=np.zeros((B, N), np.int32),
-      synth_tokens=np.zeros((B, T), np.int32),
-      synth_positions=np.full((B, T), -1, np.int32),
-      loss_mask=np.zeros((B, T), np.float32),
-  )
+  Tt = None
+  if with_text:
+    text = [it.text_prompt + it.target for it in items]
+    Tt = sizes.get("Tt") or bucket(max(map(len, text)))
+  # Positions -1 mark padding; everything else starts at 0.
+  out = {k: np.full(shape, -1 if k.endswith("_positions") else 0, dtype)
+         for k, (shape, dtype) in layout(B, N, P, W, T, Tt).items()}
   for b, (it, Pb) in enumerate(zip(items, Ps)):
     out["prefix_tokens"][b, :Pb] = it.worker_prompts[0][:Pb]
     out["prefix_positions"][b, :Pb] = np.arange(Pb)
@@ -120,11 +133,6 @@ def collate(items: Sequence[Tokenized], *, sizes: dict[str, int] | None = None,
     P = len(it.synth_prompt)
     out["loss_mask"][b, P - 1:len(seq) - 1] = 1.0  # position t predicts token t+1
   if with_text:
-    text = [it.text_prompt + it.target for it in items]
-    Tt = sizes.get("Tt") or bucket(max(map(len, text)))
-    out["teacher_tokens"] = np.zeros((B, Tt), np.int32)
-    out["teacher_positions"] = np.full((B, Tt), -1, np.int32)
-    out["teacher_index"] = np.zeros((B, T), np.int32)
     for b, it in enumerate(items):
       out["teacher_tokens"][b, :len(text[b])] = text[b]
       out["teacher_positions"][b, :len(text[b])] = np.arange(len(text[b]))

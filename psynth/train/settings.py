@@ -26,8 +26,7 @@ class Optim:
   val_examples: int = 256
   val_accuracy_examples: int = 64
   val_batch: int = 16
-  scan_layers: bool = False
-  remat: bool = False
+  remat: bool = False  # with model.scan_layers: recompute activations in the backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +66,10 @@ class Mesh:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """`cfg.model`: which base model (its name keys the saved baselines)."""
+  """`cfg.model`: which base model (its name keys the saved baselines); `scan_layers`: run its
+  layers as one `lax.scan` in the train and eval steps (one layer compiled, not L)."""
   name: str = "smollm2-135m-instruct"
+  scan_layers: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

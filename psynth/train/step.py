@@ -142,6 +142,32 @@ def make_text_eval_step(split: Split, scan: bool = False):
   return evaluate
 
 
+@dataclasses.dataclass(frozen=True)
+class StepShardings:
+  """Where the train step's state lives: the trainable dict, the frozen state, the optimizer
+  state (its moments laid out like the trainable parameters, its counters replicated)."""
+
+  trainable: dict
+  frozen: nnx.State
+  opt: Any
+
+
+def jit_train_step(split: Split, tx: optax.GradientTransformation, mesh, rules, *, mode: str,
+                   kl_weight: float, scan: bool = False,
+                   remat: bool = False) -> tuple[Callable, StepShardings]:
+  """The train step jitted for `mesh` (trainable and optimizer state donated), and the
+  shardings its state must have. `split` may hold arrays or only shapes
+  (`nnx.eval_shape`): the trainer runs the step, `psynth.aot` compiles it for a pod."""
+  tr_sh, fr_sh = shardings(split, mesh, rules)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), split.trainable)
+  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, jax.eval_shape(tx.init, abstract), tr_sh,
+                                 transform_non_params=lambda _: replicated(mesh))
+  step = make_train_step(split, tx, mode=mode, kl_weight=kl_weight, scan=scan, remat=remat)
+  jitted = jax.jit(step, in_shardings=(tr_sh, fr_sh, opt_sh, None),
+                   out_shardings=(tr_sh, opt_sh, replicated(mesh)), donate_argnums=(0, 2))
+  return jitted, StepShardings(tr_sh, fr_sh, opt_sh)
+
+
 def shardings(split: Split, mesh, rules) -> tuple[dict, nnx.State]:
   """NamedShardings for the trainable dict and the frozen state, from their logical axes."""
   named = lambda axes: NamedSharding(mesh, logical_spec(axes, rules, mesh))

@@ -26,6 +26,7 @@ from psynth.cache import mappers
 from psynth.convert.adapter_dir import save_adapter_dir
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
+from psynth.model.transformer import Transformer
 from psynth.train import batch as batch_lib
 from psynth.train import step as step_lib
 from psynth.train import val_accuracy
@@ -40,10 +41,11 @@ if TYPE_CHECKING:  # the front door sits above this module
 log = logging.getLogger(__name__)
 
 
-def build_synthesizer(loaded: Loaded, cfg: TrainSettings) -> step_lib.Synthesizer:
-  """The loaded model with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): identity."""
-  c = loaded.config
-  model = add_lora(loaded.model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+def build_synthesizer(model: Transformer, cfg: TrainSettings) -> step_lib.Synthesizer:
+  """`model` with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): the identity.
+  Under `nnx.eval_shape` it builds shapes only (`psynth.aot`)."""
+  c = model.config
+  model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                    targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(cfg.seed))
   mapper = mappers.make(cfg.mapper.kind, c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(cfg.seed + 1))
   return step_lib.Synthesizer(model, mapper)
@@ -139,25 +141,21 @@ class Trainer:
       raise ValueError(f"micro-batch {self.micro} (batch_size / grad_accum) must be a multiple "
                        f"of the {dp} data-parallel devices")
     self.rules = sharding.DEFAULT_RULES
-    self.synth = build_synthesizer(loaded, cfg)
+    self.synth = build_synthesizer(loaded.model, cfg)
     sharding.shard_params(self.synth, self.mesh, self.rules)
     self.split = step_lib.Split.of(self.synth)
     self.tx, self.schedule = step_lib.make_optimizer(t)
-    tr_sh, _ = step_lib.shardings(self.split, self.mesh, self.rules)
-    self.trainable = jax.tree.map(sharding.to_global, self.split.trainable, tr_sh)
+    scan = bool(cfg.model.scan_layers)
+    self._step, sh = step_lib.jit_train_step(self.split, self.tx, self.mesh, self.rules,
+                                             mode=cfg.synthesis.mode,
+                                             kl_weight=float(t.kl_weight), scan=scan,
+                                             remat=bool(t.remat))
+    self.trainable = jax.tree.map(sharding.to_global, self.split.trainable, sh.trainable)
     self.frozen = self.split.frozen
-    self._tr_sh = tr_sh
-    fr_sh = jax.tree.map(lambda x: x.sharding, self.frozen)
     with sharding.use_mesh(self.mesh, self.rules):
-      self.opt_state = jax.jit(self.tx.init)(self.trainable)
-    self._opt_sh = jax.tree.map(lambda x: x.sharding, self.opt_state)
+      self.opt_state = jax.jit(self.tx.init, out_shardings=sh.opt)(self.trainable)
+    tr_sh, fr_sh = sh.trainable, sh.frozen
     repl = step_lib.replicated(self.mesh)
-    scan = bool(t.scan_layers)
-    train_step = step_lib.make_train_step(self.split, self.tx, mode=cfg.synthesis.mode,
-                                          kl_weight=float(t.kl_weight), scan=scan,
-                                          remat=bool(t.remat))
-    self._step = jax.jit(train_step, in_shardings=(tr_sh, fr_sh, self._opt_sh, None),
-                         out_shardings=(tr_sh, self._opt_sh, repl), donate_argnums=(0, 2))
     self._eval = {
         key: jax.jit(step_lib.make_eval_step(self.split, mode=cfg.synthesis.mode, lora=on,
                                              use_mapper=on, scan=scan),
