@@ -52,3 +52,35 @@ def test_scan_layers_is_one_model_setting_the_large_config_turns_on():
   big, small = (TrainSettings.from_config(config_files.load(n)) for n in ("qwen3_14b", "tiny"))
   assert big.model.scan_layers and big.train.remat and not small.model.scan_layers
   assert "scan_layers" not in config_files.load("qwen3_14b").train
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen3"])
+def test_layers_stored_stacked_equal_unrolled_and_unstack_exactly(name, tiny_checkpoint):
+  """`model.scan_layers`: the layers kept as one stacked Block (what the trainer runs)."""
+  from psynth.model.stacking import stack_layers, unstack_layers
+
+  path, _ = tiny_checkpoint(name)
+  model = add_lora(load_params(ModelConfig.from_hf(path), path), rank=4, alpha=8,
+                   rngs=nnx.Rngs(0))
+  for blk in model.layers:
+    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.02))
+  before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+  rng = np.random.RandomState(1)
+  tokens = jnp.asarray(rng.randint(0, 128, (2, 7)), jnp.int32)
+  pos = jnp.asarray(np.where(np.arange(7)[None] < np.array([[7], [4]]), np.arange(7), -1),
+                    jnp.int32)
+
+  def run(m):
+    logits, cache = forward(m, tokens, pos, init_cache(m.config, 2, 8), lora=True)
+    return np.asarray(logits), np.asarray(cache.k)
+
+  unrolled = run(model)
+  stack_layers(model)
+  assert model.layers.attn.q.kernel.shape[0] == model.config.num_layers
+  assert model.layers.attn.q.kernel.get_metadata()["logical_axes"][0] == "layers"
+  stacked = run(model)
+  for a, b in zip(unrolled, stacked):
+    assert np.abs(a - b).max() <= 1e-5
+  unstack_layers(model)
+  after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+  assert jax.tree.all(jax.tree.map(np.array_equal, before, after))

@@ -20,9 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from psynth import sharding
 from psynth.aot import report
-from psynth.cache import mappers
 from psynth.model.config import ModelConfig
-from psynth.model.lora import add_lora
+from psynth.model.stacking import unstack_layers
 from psynth.model.transformer import Transformer, init_cache
 from psynth.synthesis.generate import bucket, decode_step
 from psynth.synthesis.synthesize import first_logits
@@ -132,8 +131,14 @@ def train_program(mc: ModelConfig, settings: TrainSettings, sizes: Sizes, device
 
 
 def _synth_model(mc: ModelConfig, settings: TrainSettings):
-  """The synthesizer (LoRA on) and its mapper, as shapes."""
-  synth = nnx.eval_shape(lambda: build_synthesizer(Transformer(mc, rngs=nnx.Rngs(0)), settings))
+  """The synthesizer (LoRA on) and its mapper, as shapes; one `Block` per layer, as `load`
+  gives it to `Engine` (`model.scan_layers` is for training)."""
+  def build():
+    synth = build_synthesizer(Transformer(mc, rngs=nnx.Rngs(0)), settings)
+    unstack_layers(synth.model)
+    return synth
+
+  synth = nnx.eval_shape(build)
   return synth.model, synth.mapper
 
 

@@ -342,7 +342,9 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   `scan`: run the layers as one `lax.scan` over their weights stacked in this call: XLA
   compiles one layer instead of L (seconds instead of a minute for a train step), at the
   cost of copying the weights into the stack once per call (worth it for calls that take
-  seconds: training, evaluation; not for a decode step). `remat`: recompute each layer's
+  seconds: training, evaluation; not for a decode step). A model whose layers are stored
+  stacked (`psynth.model.stacking.stack_layers`: `model.scan_layers`) always scans, with no
+  copy. `remat`: recompute each layer's
   activations in the backward pass instead of keeping them (with `scan`).
   Logits are float32.
   """
@@ -358,7 +360,7 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   inv_freq, scale = rope_lib.inv_freq_and_scale(cfg.rope, cfg.head_dim)
   cos, sin = rotary.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
 
-  run = _scanned_layers if scan else _unrolled_layers
+  run = _scanned_layers if scan or isinstance(model.layers, Block) else _unrolled_layers
   x, new_k, new_v = run(model, x, cos, sin, positions_BxT, cache if attend_cache else None,
                         cache_view, lora, remat)
   if write:
@@ -412,10 +414,14 @@ def _unrolled_layers(model: Transformer, x, cos, sin, positions, cache, cache_vi
 
 
 def _scanned_layers(model: Transformer, x, cos, sin, positions, cache, cache_view, lora, remat):
-  """The layers as one `lax.scan` over their weights, stacked here (every layer has the same
-  structure, LoRA included): (x, new k, new v `[L, B, T, K, E]`)."""
-  graphdef, _ = nnx.split(model.layers[0])
-  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in model.layers])
+  """The layers as one `lax.scan` over their weights: stored stacked (one `Block` of
+  `[L, ...]` arrays, `psynth.model.stacking`), or stacked here, per call (every layer has the
+  same structure, LoRA included): (x, new k, new v `[L, B, T, K, E]`)."""
+  if isinstance(model.layers, Block):
+    graphdef, stacked = nnx.split(model.layers)
+  else:
+    graphdef, _ = nnx.split(model.layers[0])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b) for b in model.layers])
 
   def body(x, xs):
     layer, weights, k_l, v_l = xs
@@ -427,7 +433,7 @@ def _scanned_layers(model: Transformer, x, cos, sin, positions, cache, cache_vie
   if remat:
     body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
   kv = (None, None) if cache is None else (cache.k, cache.v)
-  x, (new_k, new_v) = jax.lax.scan(body, x, (jnp.arange(len(model.layers)), stacked, *kv))
+  x, (new_k, new_v) = jax.lax.scan(body, x, (jnp.arange(model.config.num_layers), stacked, *kv))
   return x, new_k, new_v
 
 

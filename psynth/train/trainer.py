@@ -26,6 +26,7 @@ from psynth.cache import mappers
 from psynth.convert.adapter_dir import save_adapter_dir
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
+from psynth.model.stacking import stack_layers, unstack_layers
 from psynth.model.transformer import Transformer
 from psynth.train import batch as batch_lib
 from psynth.train import step as step_lib
@@ -42,11 +43,14 @@ log = logging.getLogger(__name__)
 
 
 def build_synthesizer(model: Transformer, cfg: TrainSettings) -> step_lib.Synthesizer:
-  """`model` with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): the identity.
-  Under `nnx.eval_shape` it builds shapes only (`psynth.aot`)."""
+  """`model` with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): the identity; its
+  layers stored stacked with `model.scan_layers` (in place). Under `nnx.eval_shape` it builds
+  shapes only (`psynth.aot`)."""
   c = model.config
   model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                    targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(cfg.seed))
+  if cfg.model.scan_layers:
+    stack_layers(model)
   mapper = mappers.make(cfg.mapper.kind, c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(cfg.seed + 1))
   return step_lib.Synthesizer(model, mapper)
 
@@ -395,8 +399,7 @@ class Trainer:
     """A `Loaded` over this trainer's model for greedy synthesis, built once (compiled once);
     its weights are the trained ones when `synth` is given."""
     if getattr(self, "_infer", None) is None:
-      self._infer = val_accuracy.inference_model(self.loaded, self.split.merge(
-          self.host_trainable()).model)
+      self._infer = val_accuracy.inference_model(self.loaded, self.synthesizer().model)
     if synth is not None:
       self._infer.engine.state = nnx.state(synth.model)
     return self._infer
@@ -406,8 +409,11 @@ class Trainer:
     return jax.tree.map(gather, self.trainable)
 
   def synthesizer(self) -> step_lib.Synthesizer:
-    """The trained synthesizer (model with LoRA + mapper) as an NNX module."""
-    return self.split.merge(self.host_trainable())
+    """The trained synthesizer (model with LoRA + mapper) as an NNX module, one `Block` per
+    layer (as loaded, saved and served) even when training keeps them stacked."""
+    synth = self.split.merge(self.host_trainable())
+    unstack_layers(synth.model)
+    return synth
 
   def save_adapter(self, out_dir: str | Path) -> Path | None:
     """Writes the LoRA + mapper as a psynth adapter directory (process 0; others gather only)."""
