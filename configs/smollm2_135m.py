@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   # large models, accelerators; on this CPU the unrolled loop is as fast). Training only.
   c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", dtype="float32",
                                            scan_layers=False))
+  # Attention implementation (psynth/model/attention.py): "blocked" (CPU), "pallas_tpu"
+  # (TPU), "dot_product" (GPU), "reference".
+  c.model.attention = "blocked"
   c.sampling = ml_collections.ConfigDict(
       dict(max_new_tokens=128, temperature=0.0, top_p=1.0, seed=0))
   c.synthesis = ml_collections.ConfigDict(dict(

@@ -54,7 +54,7 @@ def _eos_ids(path: Path, tokenizer) -> tuple[int, ...]:
 
 
 def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float32", *,
-         adapter: str | Path | None = None, mesh=None) -> Loaded:
+         attention: str = "blocked", adapter: str | Path | None = None, mesh=None) -> Loaded:
   """Loads a model, its tokenizer and config; `dtype` sets parameters and activations alike.
 
   `name_or_path`: "smollm2-135m-instruct" (the embedded default, needs no hub), an HF
@@ -63,6 +63,7 @@ def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float
   with psynth for this model ("default"), an adapter directory (psynth, PEFT or reference
   release), or None / "none". Cache synthesis then uses it unless told otherwise; workers
   and text synthesis never do (the LoRA is off for them).
+  `attention`: the attention implementation (`psynth.model.attention`), e.g. "pallas_tpu".
   `mesh`: run inference on it (`psynth.sharding.make_mesh`): weights tensor-parallel, KV caches
   over KV heads and rows, by the training's logical axis rules.
   """
@@ -71,7 +72,7 @@ def load(name_or_path: str | Path = "smollm2-135m-instruct", dtype: str = "float
   from transformers import AutoTokenizer
 
   path = resolve_checkpoint(name_or_path)
-  cfg = ModelConfig.from_hf(path, dtype=dtype, param_dtype=dtype)
+  cfg = ModelConfig.from_hf(path, dtype=dtype, param_dtype=dtype, attention=attention)
   model = load_params(cfg, path)
   tokenizer = AutoTokenizer.from_pretrained(str(path))
   log.info("loaded %s from %s (%d layers, %s)", name_or_path, path, cfg.num_layers, dtype)

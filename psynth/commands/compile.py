@@ -28,7 +28,7 @@ def model_config(cfg) -> ModelConfig:
   checkpoint's config.json (no weights are read)."""
   dtype = cfg.model.dtype
   hf = cfg.hf_config.to_dict() if cfg.get("hf_config") else resolve_checkpoint(cfg.model.name)
-  return ModelConfig.from_hf(hf, dtype=dtype, param_dtype=dtype)
+  return ModelConfig.from_hf(hf, dtype=dtype, param_dtype=dtype, attention=cfg.model.attention)
 
 
 def sizes(cfg) -> programs.Sizes:

@@ -30,7 +30,7 @@ def main(cfg, args: list[str] = ()) -> dict:
   for split, c in counts.items():
     log.info("%s: %d examples %s", split, sum(c.values()), c)
   if d.generate:
-    loaded = load(cfg.model.name, dtype=cfg.model.dtype)
+    loaded = load(cfg.model.name, dtype=cfg.model.dtype, attention=cfg.model.attention)
     for split in ("val", "train"):
       generate_branches(loaded, load_examples(out / f"{split}.jsonl"),
                         out / f"{split}.branches.jsonl",

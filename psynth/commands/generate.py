@@ -12,7 +12,7 @@ _SYSTEM = flags.DEFINE_string("system", None, "An optional system prompt.")
 
 
 def main(cfg, args: list[str]) -> None:
-  loaded = load(cfg.model.name, dtype=cfg.model.dtype)
+  loaded = load(cfg.model.name, dtype=cfg.model.dtype, attention=cfg.model.attention)
   messages = ([{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else [])
   messages.append({"role": "user", "content": _PROMPT.value})
   s = cfg.sampling

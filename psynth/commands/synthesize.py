@@ -18,7 +18,8 @@ def main(cfg, args: list[str]) -> None:
   if bool(_QUESTION.value) != bool(_BRANCH.value):
     raise app.UsageError("pass both --question and at least one --branch, or neither "
                          "(the built-in example)")
-  loaded = load(cfg.model.name, dtype=cfg.model.dtype, adapter=synth_adapter(cfg.model.name))
+  loaded = load(cfg.model.name, dtype=cfg.model.dtype, adapter=synth_adapter(cfg.model.name),
+                attention=cfg.model.attention)
   s = cfg.synthesis
   kw = dict(question=_QUESTION.value, documents=_BRANCH.value) if _QUESTION.value else {}
   print(demo.run(loaded, mode=s.mode, worker_max_new_tokens=s.worker_max_new_tokens,

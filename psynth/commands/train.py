@@ -27,7 +27,8 @@ def main(cfg, args: list[str] = ()) -> tuple[Trainer, History]:
   log.info("process %d of %d, %d devices (%d local)", jax.process_index(), jax.process_count(),
            jax.device_count(), jax.local_device_count())
   train, val = training_data(cfg.data.out_dir)
-  trainer = Trainer(load(cfg.model.name, dtype=cfg.model.dtype), TrainSettings.from_config(cfg))
+  loaded = load(cfg.model.name, dtype=cfg.model.dtype, attention=cfg.model.attention)
+  trainer = Trainer(loaded, TrainSettings.from_config(cfg))
   hist = trainer.fit(train, val)
   adapter = trainer.save_adapter(Path(cfg.workdir) / "adapter")
   if jax.process_index() == 0:

@@ -9,6 +9,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from psynth.model import attention
+
 # model_type -> how it differs from Llama. Biases "attention_bias" are read from config.json
 # (Llama and Qwen3 put that bias on q, k, v and o); Qwen2 always biases q/k/v, never o.
 SUPPORTED_ARCHITECTURES = {
@@ -60,6 +62,9 @@ class ModelConfig:
   model_type: str = "llama"
   dtype: str = "float32"  # activations
   param_dtype: str = "float32"
+  # Which attention implementation runs (`psynth.model.attention.IMPLEMENTATIONS`): "blocked"
+  # (CPU), "pallas_tpu" (TPU), "dot_product" (GPU), "reference", "pallas_tpu_interpret".
+  attention: str = "blocked"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -68,6 +73,7 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in SUPPORTED_DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; supported: {SUPPORTED_DTYPES}")
+    attention.get(self.attention)  # an unknown name fails here, before any weight is read
 
   @property
   def jnp_dtype(self):

@@ -13,21 +13,18 @@ g query heads per kv head (GQA group), e head_dim, f mlp.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psynth.model import attention as attention_lib
 from psynth.model.kv_cache import KVCache
 from psynth.model.config import ModelConfig
 from psynth.model import rotary
 from psynth.model import rope as rope_lib
 from psynth.sharding import constrain
-
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked (padding) row stays NaN-free
-
 
 def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init="normal") -> nnx.Param:
   if init == "ones":
@@ -147,142 +144,6 @@ def dense(layer: Dense, x: jax.Array, lora: bool = False) -> jax.Array:
   return y
 
 
-ATTN_BLOCK = 256  # query rows per chunk and own keys per block (results/cpu_design_notes.md)
-CACHE_BLOCK = 256  # cache slots per block
-# Query x key pairs (per head) up to which one plain masked softmax beats the blocked loops.
-DIRECT_SCORES = 1 << 19
-
-
-def _scores(q_c, k_blk, kv_pos, kv_valid, q_pos_c, G):
-  """Masked float32 scores `[B, K, G*C, n]` of a query chunk against a block of n keys, and
-  the visibility mask `[B, C, n]`."""
-  B, K, GC, _ = q_c.shape
-  s = jnp.einsum("bkme,bkse->bkms", q_c, k_blk, preferred_element_type=jnp.float32)
-  visible = kv_valid[:, None, :] & (kv_pos[:, None, :] <= q_pos_c[:, :, None])  # [B, C, n]
-  s = jnp.where(visible[:, None, None], s.reshape(B, K, G, GC // G, -1), _NEG)
-  return s.reshape(B, K, GC, -1), visible
-
-
-def _online_update(carry, s, v_blk):
-  """One block of the streaming softmax: running max m, denominator l, output acc (float32)."""
-  m, l, acc = carry
-  m_new = jnp.maximum(m, s.max(-1, keepdims=True))
-  p = jnp.exp(s - m_new)
-  corr = jnp.exp(m - m_new)
-  acc = acc * corr + jnp.einsum("bkms,bkse->bkme", p.astype(v_blk.dtype), v_blk,
-                                preferred_element_type=jnp.float32)
-  return m_new, l * corr + p.sum(-1, keepdims=True), acc
-
-
-def _pad_axis(x, axis, size, value=0):
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value) if size > x.shape[axis] else x
-
-
-def _direct_attention(q_BxKxGxTxE, k_BxKxTxE, v_BxKxTxE, pos_BxT, cache):
-  """Attention of a few queries (decode, a short prompt) in one masked softmax, no loops.
-
-  The cache's scores and the own tokens' scores are two matmuls sharing one max and one
-  denominator, so the cache is never concatenated with (or padded to) anything: at T ~ 80
-  the blocked path below spent more on copying the cache into blocks than on the math.
-  """
-  B, K, G, T, E = q_BxKxGxTxE.shape
-  q = q_BxKxGxTxE.reshape(B, K, G * T, E)
-  parts = [(k_BxKxTxE, v_BxKxTxE, pos_BxT, pos_BxT >= 0)]
-  if cache is not None:
-    k_c, v_c, pos_c, valid_c = cache
-    to_bkse = lambda x: x.transpose(0, 2, 1, 3).astype(q.dtype)  # [B, S, K, E] -> [B, K, S, E]
-    parts.append((to_bkse(k_c), to_bkse(v_c), pos_c, valid_c))
-  scores = []
-  for k, _, kv_pos, kv_valid in parts:
-    s, _ = _scores(q, k, kv_pos, kv_valid, pos_BxT, G)  # [B, K, G*T, n]
-    scores.append(s)
-  m = functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s in scores])
-  probs = [jnp.exp(s - m) for s in scores]
-  l = functools.reduce(jnp.add, [p.sum(-1, keepdims=True) for p in probs])
-  acc = functools.reduce(jnp.add, [
-      jnp.einsum("bkms,bkse->bkme", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-      for p, (_, v, _, _) in zip(probs, parts)])
-  return (acc / l).astype(q.dtype).reshape(B, K, G, T, E)
-
-
-def attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, pos_BxT, cache=None) -> jax.Array:
-  """Grouped-query attention of this call's tokens; a query sees keys at positions <= its own.
-
-  Keys are this call's own tokens (in order: token i may see tokens <= i) and, if given,
-  `cache = (k [B,S,K,E], v, positions [B,S], valid [B,S])`: the slots written before this
-  call. One streaming float32 softmax runs over blocks of both. Loops, not unrolled code:
-  query chunk i visits own-key blocks 0..i only (the masked upper triangle of a prefill is
-  never computed) and skips cache blocks with no visible slot; compile time does not grow
-  with the length.
-  """
-  B, T, H, E = q_BxTxHxE.shape
-  K = k_BxTxKxE.shape[2]
-  G, C = H // K, min(ATTN_BLOCK, T)
-  S = 0 if cache is None else cache[0].shape[1]
-  if T * (T + S) <= DIRECT_SCORES:
-    q = (q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)).reshape(B, T, K, G, E)
-    to_bkse = lambda x: x.transpose(0, 2, 1, 3)
-    out = _direct_attention(q.transpose(0, 2, 3, 1, 4), to_bkse(k_BxTxKxE), to_bkse(v_BxTxKxE),
-                            pos_BxT, cache)
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
-  Tp = -(-T // C) * C
-  nq = Tp // C
-  to_bkse = lambda x: x.transpose(0, 2, 1, 3)  # [B, S, K, E] -> [B, K, S, E]
-  # [B, K, G, T, E]: the G query heads sharing a KV head form one matmul with it.
-  q = (q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)).reshape(B, T, K, G, E)
-  q = _pad_axis(q.transpose(0, 2, 3, 1, 4), 3, Tp)
-  k, v = _pad_axis(to_bkse(k_BxTxKxE), 2, Tp), _pad_axis(to_bkse(v_BxTxKxE), 2, Tp)
-  pos = _pad_axis(pos_BxT, 1, Tp, -1)
-  valid = pos >= 0
-  if cache is not None:
-    k_c, v_c, pos_c, valid_c = cache
-    S = k_c.shape[1]
-    CB = min(CACHE_BLOCK, S)
-    Sp = -(-S // CB) * CB
-    k_c = _pad_axis(to_bkse(k_c).astype(q.dtype), 2, Sp)
-    v_c = _pad_axis(to_bkse(v_c).astype(q.dtype), 2, Sp)
-    pos_c, valid_c = _pad_axis(pos_c, 1, Sp), _pad_axis(valid_c, 1, Sp, False)
-  cut = lambda x, i, n, axis: jax.lax.dynamic_slice_in_dim(x, i * n, n, axis=axis)
-
-  def chunk(i):
-    q_c = cut(q, i, C, 3).reshape(B, K, G * C, E)
-    q_pos = cut(pos, i, C, 1)
-
-    def own_block(j, carry):
-      s, _ = _scores(q_c, cut(k, j, C, 2), cut(pos, j, C, 1), cut(valid, j, C, 1), q_pos, G)
-      return _online_update(carry, s, cut(v, j, C, 2))
-
-    carry = (jnp.full((B, K, G * C, 1), _NEG, jnp.float32),
-             jnp.zeros((B, K, G * C, 1), jnp.float32), jnp.zeros((B, K, G * C, E), jnp.float32))
-    # Static bounds (a scan: reverse-mode differentiable, for training); the blocks after
-    # this query chunk are skipped by the cond, never computed.
-    carry = jax.lax.fori_loop(
-        0, nq, lambda j, c: jax.lax.cond(j <= i, lambda c: own_block(j, c), lambda c: c, c),
-        carry)
-    if cache is not None:
-
-      def cache_block(j, carry):
-        blk_pos, blk_valid = cut(pos_c, j, CB, 1), cut(valid_c, j, CB, 1)
-
-        def update(c):
-          s, _ = _scores(q_c, cut(k_c, j, CB, 2), blk_pos, blk_valid, q_pos, G)
-          return _online_update(c, s, cut(v_c, j, CB, 2))
-
-        # Decide on the cheap mask first: an empty or future-only block costs no matmul.
-        seen = (blk_valid[:, None, :] & (blk_pos[:, None, :] <= q_pos[:, :, None])).any()
-        return jax.lax.cond(seen, update, lambda c: c, carry)
-
-      carry = jax.lax.fori_loop(0, Sp // CB, cache_block, carry)
-    _, l, acc = carry
-    return (acc / l).astype(q.dtype).reshape(B, K, G, C, E)
-
-  out = jax.lax.map(chunk, jnp.arange(nq))  # [nq, B, K, G, C, E]
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, H, E)
-  return out[:, :T]
-
-
 def _zero_after(x: jax.Array) -> jax.Array:
   """An int32 0 computed from x (bit 0 of its first element, min 0; XLA does not fold it).
 
@@ -310,7 +171,8 @@ def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lo
   cache_dtype = x.dtype if layer_cache is None else layer_cache[0].dtype
   # Round k/v to the cache dtype first, so attention sees exactly what a later call will.
   k, v = k.astype(cache_dtype), v.astype(cache_dtype)
-  out = attention(q, k.astype(q.dtype), v.astype(q.dtype), positions, layer_cache)
+  out = attention_lib.attend(cfg.attention, q, k.astype(q.dtype), v.astype(q.dtype), positions,
+                             layer_cache)
   x = x + dense(attn.o, out, lora)
   h = rms_norm(x, blk.mlp_norm[...], cfg.rms_norm_eps)
   m = jax.nn.silu(dense(blk.mlp.gate, h, lora)) * dense(blk.mlp.up, h, lora)
