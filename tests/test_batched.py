@@ -62,6 +62,19 @@ def test_batched_synthesis_equals_one_at_a_time(setup, method):
   assert len({tuple(r.answer_ids) for r in got}) == len(got)  # rows really differ
 
 
+def test_text_path_equals_a_plain_generate(setup):
+  """The text path reuses the workers' shared prefix (the prompt reads it, writes nothing, and
+  the decode cache is assembled after the first token); its greedy tokens equal a
+  plain prefill of the whole prompt."""
+  engine, _, examples = setup
+  sampling = SamplingConfig(max_new_tokens=10)
+  for ex in examples:
+    br = encode_branches(engine, ex[0], ex[1])
+    assert br.prefix is not None  # the path under test: a reused prefix
+    got = synthesize_from_branches(engine, br, "text", [ex[3]], sampling, eos_ids=(5,))[0]
+    assert got.answer_ids == engine.generate([ex[3]], sampling, eos_ids=(5,)).tokens[0]
+
+
 def test_the_adapter_changes_the_answers(setup):
   """What the test above compares depends on the adapter: LoRA + mapper change the tokens."""
   engine, adapter, examples = setup

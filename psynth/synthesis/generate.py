@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from typing import Sequence
@@ -20,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from psynth import sharding
+from psynth.cache.ops import concat_slots, extend
 from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis.sampling import sample
@@ -105,6 +107,26 @@ def prefill_step(graphdef):
   return jax.jit(prefill, static_argnames=("greedy", "attend_cache", "lora"), donate_argnums=3)
 
 
+def own_prefill_step(graphdef):
+  """The jitted prefill that reads `cache` but leaves it alone: `(state, tokens, positions,
+  cache, key, temperature, top_p, *, greedy, lora) -> (next tokens [B], a T-slot cache of
+  the tokens' own K/V)`. A long prompt on a short prefix then scores only the prefix's slots,
+  not the empty room a written cache would also carry."""
+
+  def prefill(state, tokens, positions, cache, key, temperature, top_p, greedy, lora):
+    logits, own = forward(nnx.merge(graphdef, state), tokens, positions, cache,
+                          last_only=True, lora=lora, write=False)
+    return sample(logits[:, 0], key, temperature, top_p, greedy=greedy), own
+
+  return jax.jit(prefill, static_argnames=("greedy", "lora"))
+
+
+@functools.partial(jax.jit, static_argnames="extra_slots")
+def _room_after(prefix: KVCache, own: KVCache, extra_slots: int) -> KVCache:
+  """prefix's slots, then own's, then `extra_slots` empty ones; writing resumes after own's."""
+  return extend(concat_slots(prefix, own), extra_slots)
+
+
 def decode_step(graphdef):
   """The jitted decode step: `(state, tokens [B, 1], positions, cache, key, temperature,
   top_p, *, greedy, lora) -> (next tokens [B], cache)`, the cache donated."""
@@ -138,6 +160,7 @@ class Engine:
     self.graphdef, self.state = nnx.split(model)
     self.prefill = prefill_step(self.graphdef)
     self.decode = decode_step(self.graphdef)
+    self.own_prefill = own_prefill_step(self.graphdef)
 
   def placed(self):
     """The context every call of this engine's functions runs in: its mesh, if any."""
@@ -193,6 +216,26 @@ class Engine:
                                    greedy, attend_cache, lora)
     return self.decode_from(np.asarray(tok), cache, next_pos, sampling, eos_ids, t0=t0,
                             key=key, lora=lora, keep_cache=keep_cache)
+
+  def continue_after(self, prefix: KVCache, tokens, positions, next_pos,
+                     sampling: SamplingConfig, eos_ids: Sequence[int] = (), *,
+                     t0: float | None = None, lora: bool = False) -> Generation:
+    """`continue_from` for a long prompt after a short cached prefix (the text synthesizer):
+    the prefill reads the prefix only and writes nothing; the cache decoding continues from
+    (the prefix, the prompt's K/V, room for `max_new_tokens`) is assembled after the first
+    token. Same keys, same tokens as `continue_from` on a cache with room after the prefix."""
+    t0 = time.perf_counter() if t0 is None else t0
+    key, sub = jax.random.split(jax.random.key(sampling.seed))
+    with self.placed():
+      tok, own = self.own_prefill(self.state, tokens, positions, prefix, sub, *_knobs(sampling),
+                                  sampling.temperature == 0, lora)
+
+    def cache():
+      with self.placed():
+        return _room_after(prefix, own, bucket(sampling.max_new_tokens))
+
+    return self.decode_from(np.asarray(tok), cache, next_pos, sampling, eos_ids, t0=t0,
+                            key=key, lora=lora)
 
   def decode_from(self, first: np.ndarray, cache, next_pos, sampling: SamplingConfig,
                   eos_ids: Sequence[int] = (), *, t0: float, key=None, lora: bool = False,

@@ -188,14 +188,15 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
     max_new = min(sampling.max_new_tokens,
                   engine.check_fits(max(map(len, prompts)), sampling.max_new_tokens))
     Rb, extra = bucket(max(map(len, rest))), bucket(max_new)
-    if n:
-      cache = ops.extend(ops.tile_rows(ops.truncate(branches.prefix, n), B), Rb + extra)
-    else:
-      cache = engine.new_cache(B, Rb + extra)
     tokens, positions = right_pad(rest, Rb, start=n)
-    gen = engine.continue_from(cache, tokens, positions, [len(p) for p in prompts],
-                               dataclasses.replace(sampling, max_new_tokens=max_new), eos_ids,
-                               t0=t0, attend_cache=n > 0)
+    sampling = dataclasses.replace(sampling, max_new_tokens=max_new)
+    lengths = [len(p) for p in prompts]
+    if n:  # the prompt reads the workers' shared prefix, not an empty room after it
+      prefix = ops.tile_rows(ops.truncate(branches.prefix, n), B)
+      gen = engine.continue_after(prefix, tokens, positions, lengths, sampling, eos_ids, t0=t0)
+    else:
+      gen = engine.continue_from(engine.new_cache(B, Rb + extra), tokens, positions, lengths,
+                                 sampling, eos_ids, t0=t0, attend_cache=False)
   else:
     adapter = adapter if method == "psynth" else None
     logits, decode_cache, next_pos = cache_prefill(
