@@ -86,5 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
       ttft_branches=(2, 4, 8), ttft_branch_tokens=(128, 512, 1024),
       # bench throughput: facts-task fan-outs, one at a time vs `throughput_batch` per call.
       throughput_examples=64, throughput_branches=3, throughput_batch=64,
-      throughput_answer_tokens=48, throughput_runs=2))
+      throughput_answer_tokens=48, throughput_runs=2,
+      # bench precision: bfloat16 vs float32 on this many facts-task examples.
+      precision_examples=64))
   return c

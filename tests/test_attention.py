@@ -127,6 +127,23 @@ def test_attend_own_tokens_and_cache(name, direct, monkeypatch):
   _check(out, (q, cat(k_c, k), cat(v_c, v), pos, cat(pos_c, pos), cat(valid_c, pos >= 0)))
 
 
+@pytest.mark.parametrize("name", sorted(set(attn.IMPLEMENTATIONS) - {"pallas_tpu"}))
+def test_decode_step_over_own_token_and_cache(name):
+  """One query per row ("blocked" takes its decode path): a row reading cache and own token,
+  a row whose cache slots are all hidden (it reads its own token only), a padding row."""
+  q, k_c, v_c, _, pos_c, valid_c = _inputs(3, 1, 37, 6, 3, 16)
+  valid_c = valid_c.at[1].set(False)
+  rng = np.random.RandomState(2)
+  k, v = jnp.asarray(rng.randn(2, 3, 1, 3, 16), jnp.float32)
+  pos = jnp.asarray([[40], [12], [-1]], jnp.int32)
+  out = attn.attend(name, q, k, v, pos, (k_c, v_c, pos_c, valid_c))
+  cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+  args = (q, cat(k_c, k), cat(v_c, v), pos, cat(pos_c, pos), cat(valid_c, pos >= 0))
+  out, ref = np.asarray(out), np.asarray(attn.reference(*args))
+  assert np.isfinite(out).all()
+  assert np.abs(out - ref)[:2].max() <= TOL
+
+
 @pytest.mark.parametrize("name", ["blocked", "dot_product", "pallas_tpu_interpret"])
 def test_gradients_equal_reference(name):
   # Training differentiates attention; the Pallas kernel's backward is "blocked"'s.

@@ -1,5 +1,6 @@
 """The explicit cache: prefill then one-token decodes equals one forward over everything."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,3 +49,29 @@ def test_bf16_runs_close_to_fp32(tiny_checkpoint):
     out[dt] = np.asarray(logits)
   assert np.abs(out["float32"] - out["bfloat16"]).max() < 0.1
   assert (out["float32"].argmax(-1) == out["bfloat16"].argmax(-1)).mean() > 0.9
+
+
+def test_bf16_model_keeps_lora_in_fp32_and_stays_close(tiny_checkpoint):
+  """bf16 weights and activations, LoRA parameters in fp32 (cast at use): the precision
+  benchmark's logits, LoRA on, stay close to fp32's."""
+  from types import SimpleNamespace
+
+  from flax import nnx
+
+  from psynth.bench import precision
+  from psynth.model.lora import add_lora
+
+  path, _ = tiny_checkpoint("llama_gqa")
+  rows = [list(range(3, 23)), list(range(40, 52))]
+  out = {}
+  for dt in ("float32", "bfloat16"):
+    cfg = ModelConfig.from_hf(path, dtype=dt, param_dtype=dt)
+    model = add_lora(load_params(cfg, path), rank=4, rngs=nnx.Rngs(0))
+    for blk in model.layers:  # a trained-looking adapter: B nonzero
+      blk.attn.q.lora_b.set_value(jnp.full(blk.attn.q.lora_b.shape, 0.05))
+    lora = nnx.state(model, nnx.LoRAParam)
+    assert {x.dtype for x in jax.tree.leaves(lora)} == {jnp.dtype("float32")}
+    assert model.layers[0].attn.q.kernel[...].dtype == jnp.dtype(dt)
+    out[dt] = precision._logits(SimpleNamespace(model=model, config=cfg), rows, lora=True)
+  r = precision.compare_logits(out["float32"], out["bfloat16"], lora=True)
+  assert r.tokens == 32 and 0 < r.max_abs_diff < 0.1 and r.argmax_agreement > 0.9

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from psynth import config_files
-from psynth.aot import programs, topology
+from psynth.aot import programs, report, topology
 from psynth.commands import compile as compile_cmd
 from psynth.train.settings import TrainSettings
 
@@ -56,6 +56,17 @@ def test_compile_over_budget_exits_naming_the_function(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     compile_cmd.main(_tiny(tmp_path, functions="decode", hbm_gib=1e-6))
   assert "decode does not fit: needs" in str(e.value) and "more than the" in str(e.value)
+
+
+@pytest.mark.parametrize("message, gib", [
+    ("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 101.20G of 95.74G hbm.",
+     101.2),
+    ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+     "temporaries (16.40G) exceeds available HBM (15.75G).", 16.4)])
+def test_a_refusal_reports_what_the_compiler_said_it_needed(message, gib):
+  row = report.refused("prefill", RuntimeError(message), 1.0, 2 ** 30)
+  assert not row.fits and abs(row.peak_bytes / 2 ** 30 - gib) < 1e-6
+  assert row.error.startswith("RESOURCE_EXHAUSTED")
 
 
 def test_heads_that_do_not_divide_the_tensor_axis_are_named():

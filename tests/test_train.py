@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -290,6 +291,11 @@ def test_qwen3_14b_config_shapes(tmp_path):
                synth_tokens=i32(accum, micro, T), synth_positions=i32(accum, micro, T),
                loss_mask=jax.ShapeDtypeStruct((accum, micro, T), np.float32))
   opt = jax.eval_shape(tx.init, split.trainable)
+  # bf16 backbone; LoRA, mapper and optimizer state in fp32.
+  dtypes = lambda tree, keep: {x.dtype for x in jax.tree.leaves(tree) if keep(x)}
+  assert dtypes(split.frozen, lambda x: x.ndim == 2) == {jnp.dtype("bfloat16")}
+  assert dtypes(split.trainable, lambda x: True) == {jnp.dtype("float32")}
+  assert dtypes(opt, lambda x: jnp.issubdtype(x.dtype, jnp.floating)) == {jnp.dtype("float32")}
   new, _, metrics = jax.eval_shape(train_step, split.trainable, split.frozen, opt, batch)
   assert jax.tree.map(lambda x: x.shape, new) == jax.tree.map(lambda x: x.shape, split.trainable)
   assert metrics["loss"].shape == ()

@@ -56,9 +56,11 @@ def measure(function: str, compiled, compile_s: float, hbm_bytes: int) -> Row:
 
 def refused(function: str, error: Exception, compile_s: float, hbm_bytes: int) -> Row:
   """A Row for a compile the TPU compiler refused; the peak is read from its message when it
-  says how much it needed ("Used 101.2G of 95.74G hbm")."""
+  says how much it needed ("Used 101.2G of 95.74G hbm", "the total memory required for HLO
+  temporaries (16.40G) exceeds")."""
   text = str(error)
-  used = re.search(r"Used ([0-9.]+)([KMGT])? of", text)
+  used = (re.search(r"Used ([0-9.]+)([KMGT])? of", text)
+          or re.search(r"memory required for [^(]*\(([0-9.]+)([KMGT])?\) exceeds", text))
   scale = {None: 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
   peak = int(float(used.group(1)) * scale[used.group(2)]) if used else 0
   first = next((ln for ln in text.splitlines() if ln.strip()), text)[:400]

@@ -28,7 +28,8 @@ from flax import nnx
 from psynth.bench.timing import markdown_table
 from psynth.data.sources import data_dir
 from psynth.eval.tasks import BuildOptions, TASKS
-from psynth.model.transformer import forward, init_cache
+from psynth.model.transformer import init_cache
+from psynth.synthesis import generate
 from psynth.synthesis.generate import SamplingConfig, bucket
 from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 
@@ -50,10 +51,13 @@ class Result:
   compile_s: float  # the first (compiling) pass of both, minus a warm pass of each
   identical_fraction: float  # examples x methods whose batched reply equals the sequential one
   differences: list[dict]  # the others: example, method, both replies
-  decode_step_s: float  # one batched decode step (batch rows, merged cache)
+  decode_slots: int  # cache slots of the measured decode step (the workload's largest)
+  decode_step_s: float  # one batched decode step (batch rows, merged cache, cache donated)
   decode_floor_s: float  # its FLOPs at the measured GEMM rate
   decode_step_over_floor: float
   gemm_gflops: float
+  decode_read_floor_s: float  # its weight + cache bytes at the measured read rate
+  read_gbps: float
   runs: int
 
 
@@ -109,32 +113,45 @@ def gemm_rate(loaded: Loaded, rows: int, repeats: int = 5) -> float:
   return flops / statistics.median(times) / 1e9
 
 
-def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5) -> tuple[float, float]:
-  """(median seconds of one decode step at `batch` rows over a `slots`-slot cache, its FLOPs)."""
+def read_rate(mbytes: int = 256, repeats: int = 5) -> float:
+  """GB/s at which XLA streams a float32 array through a reduction here (a cache read)."""
+  x = jnp.ones((mbytes << 18,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  jax.block_until_ready(total(x))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(total(x))
+    times.append(time.perf_counter() - t0)
+  return x.nbytes / statistics.median(times) / 1e9
+
+
+def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5):
+  """One step of the Engine's own jitted decode (cache donated, as in generation) at `batch`
+  rows over a `slots`-slot cache: (median seconds, FLOPs, bytes it must read at least: the
+  weights once and every layer's cache K/V)."""
   c = loaded.config
   graphdef, state = nnx.split(loaded.model)
-
-  @jax.jit
-  def step(state, cache, tok, pos):
-    logits, cache = forward(nnx.merge(graphdef, state), tok, pos, cache)
-    return jnp.argmax(logits[:, -1], -1), cache
-
+  step = generate.decode_step(graphdef)
   cache = init_cache(c, batch, slots)
   cache = cache.replace(valid=jnp.ones_like(cache.valid).at[:, -8:].set(False),
                         end=jnp.int32(slots - 8))
   tok = jnp.zeros((batch, 1), jnp.int32)
   pos = jnp.full((batch, 1), slots, jnp.int32)
-  jax.block_until_ready(step(state, cache, tok, pos))
+  rest = (jax.random.key(0), jnp.float32(1), jnp.float32(1))
   times = []
-  for _ in range(repeats):
+  for i in range(repeats + 1):  # the first call compiles
     t0 = time.perf_counter()
-    jax.block_until_ready(step(state, cache, tok, pos))
+    out, cache = step(state, tok, pos, cache, *rest, greedy=True, lora=False)
+    jax.block_until_ready(out)
     times.append(time.perf_counter() - t0)
   D, F, E = c.hidden_size, c.intermediate_size, c.head_dim
   per_token = c.num_layers * (D * (c.num_heads + 2 * c.num_kv_heads) * E + c.num_heads * E * D
                               + 3 * D * F) + D * c.vocab_size
   attention = c.num_layers * c.num_heads * E * 2 * slots
-  return statistics.median(times), 2.0 * batch * (per_token + attention)
+  weights = sum(x.nbytes for x in jax.tree.leaves(state))
+  return (statistics.median(times[1:]), 2.0 * batch * (per_token + attention),
+          weights + cache.k.nbytes + cache.v.nbytes)
 
 
 def run(loaded: Loaded, examples: int = 64, branches: int = 3, batch: int = 64,
@@ -157,13 +174,14 @@ def run(loaded: Loaded, examples: int = 64, branches: int = 3, batch: int = 64,
         diffs.append({"example": i, "method": m, "sequential": a, "batched": b})
   slots = bucket(max(sum(len(loaded.tokenizer(t)["input_ids"]) for t in ts) for ts in texts)
                  + 96)
-  step_s, flops = decode_step(loaded, batch, slots)
-  rate = gemm_rate(loaded, batch)
+  step_s, flops, nbytes = decode_step(loaded, batch, slots)
+  rate, gbps = gemm_rate(loaded, batch), read_rate()
   floor = flops / (rate * 1e9)
   n = len(questions) * len(METHODS)
   return Result(len(questions), branches, batch, n / seq_s, n / bat_s, seq[0][2] / seq_s,
                 bat[0][2] / bat_s, first_seq[0] + first_bat[0] - seq_s - bat_s,
-                same / n, diffs, step_s, floor, step_s / floor, rate, runs)
+                same / n, diffs, slots, step_s, floor, step_s / floor, rate,
+                nbytes / (gbps * 1e9), gbps, runs)
 
 
 def report(r: Result) -> str:
@@ -179,9 +197,11 @@ def report(r: Result) -> str:
           f"(first passes) {r.compile_s:.1f} s apart\n\n{table}\n\n"
           f"identical greedy replies batched vs one at a time: {r.identical_fraction:.3f} "
           f"({len(r.differences)} differ)\n"
-          f"decode step, {r.batch} rows: {r.decode_step_s * 1000:.1f} ms; FLOP floor at the "
-          f"measured {r.gemm_gflops:.0f} GFLOP/s: {r.decode_floor_s * 1000:.1f} ms "
-          f"({r.decode_step_over_floor:.2f}x)\n")
+          f"decode step, {r.batch} rows x {r.decode_slots} cache slots: "
+          f"{r.decode_step_s * 1000:.1f} ms; FLOP floor at the measured {r.gemm_gflops:.0f} "
+          f"GFLOP/s: {r.decode_floor_s * 1000:.1f} ms ({r.decode_step_over_floor:.2f}x); "
+          f"read floor (weights + cache K/V at the measured {r.read_gbps:.1f} GB/s): "
+          f"{r.decode_read_floor_s * 1000:.1f} ms\n")
 
 
 def write_json(r: Result, path: str | Path) -> None:

@@ -5,7 +5,7 @@
 COMMANDS = {
     "synthesize": "fan out, then text vs cache synthesis (the built-in example by default)",
     "generate": "answer one prompt",
-    "bench": "bench prefill|ttft|throughput: vs HF transformers, batched vs one at a time",
+    "bench": "bench prefill|ttft|throughput|precision: vs HF, batched, bf16 vs fp32",
     "data": "build training examples, then generate their branches once",
     "eval": "evaluate methods on benchmarks: accuracy, CI, paired differences, TTFT",
     "train": "train the synthesizer LoRA and cache mapper",

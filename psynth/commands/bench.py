@@ -1,6 +1,6 @@
-"""`python -m psynth bench prefill|ttft|throughput [--out F] [--json F] [--plot F]`: prefill
-and TTFT against HF transformers, and batched against one-at-a-time synthesis; sizes in
-`cfg.bench`."""
+"""`python -m psynth bench prefill|ttft|throughput|precision [--out F] [--json F] [--plot F]`:
+prefill and TTFT against HF transformers, batched against one-at-a-time synthesis, bfloat16
+against float32; sizes in `cfg.bench`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 from absl import app, flags
 
-from psynth.bench import prefill, throughput, ttft
+from psynth.bench import precision, prefill, throughput, ttft
 from psynth.commands.common import synth_adapter
 from psynth.loading import load
 
 _OUT = flags.DEFINE_string("out", None, "Also write the report (markdown) to this file.")
-_JSON = flags.DEFINE_string("json", None, "ttft, throughput: also write the rows as JSON here.")
+_JSON = flags.DEFINE_string("json", None, "ttft, throughput, precision: also write JSON here.")
 _PLOT = flags.DEFINE_string("plot", None, "ttft: also draw the table as a PNG here.")
-BENCHMARKS = ("prefill", "ttft", "throughput")
+BENCHMARKS = ("prefill", "ttft", "throughput", "precision")
 
 
 def main(cfg, args: list[str]) -> None:
@@ -31,6 +31,12 @@ def main(cfg, args: list[str]) -> None:
     report = throughput.report(result)
     if _JSON.value:
       throughput.write_json(result, _JSON.value)
+  elif what == "precision":
+    result = precision.run(load, m.name, synth_adapter(m.name), b.precision_examples,
+                           b.throughput_branches, root=cfg.data.data_dir or None)
+    report = precision.report(result)
+    if _JSON.value:
+      precision.write_json(result, _JSON.value)
   elif what == "prefill":
     report = prefill.run(load(m.name, dtype=m.dtype), tuple(b.prefill_lengths), b.runs,
                          b.decode_prompt, b.decode_tokens)

@@ -4,9 +4,10 @@
                             "targets": ["q", "k", "v", "o"],
                             "model": {model_type, num_layers, hidden_size, intermediate_size,
                                       num_heads, num_kv_heads, head_dim, vocab_size}}
-    DIR/lora.safetensors   the A/B matrices under HF module names, in PEFT's layout and the
-                           model's dtype: "model.layers.{i}.self_attn.q_proj.lora_A.weight"
-                           [rank, in] and "...lora_B.weight" [out, rank]
+    DIR/lora.safetensors   the A/B matrices under HF module names, in PEFT's layout, float32
+                           whatever the model's dtype (as trained):
+                           "model.layers.{i}.self_attn.q_proj.lora_A.weight" [rank, in] and
+                           "...lora_B.weight" [out, rank]
     DIR/mapper/            the cache mapper, if any (`mapper_io`: mapper.json + mapper.safetensors)
 
 `model` records the shape the adapter was trained for, so loading it into another model

@@ -38,10 +38,11 @@ def add_lora(model: Transformer, *, rank: int = 16, alpha: float = 32.0,
     out_shape = layer.kernel.shape[len(layer.in_axes):]
     fan_in = math.prod(in_shape)
     a = jax.random.normal(rngs.params(), (*in_shape, rank), jnp.float32) / math.sqrt(fan_in)
+    # float32 whatever the backbone's dtype (bf16 on accelerators): the trained parameters and
+    # their optimizer state keep full precision; `dense` casts them to the activations' dtype.
     # nnx.data: the attributes were None (static) until now.
-    layer.lora_a = nnx.data(nnx.LoRAParam(a.astype(layer.kernel.dtype),
-                                          logical_axes=(*layer.in_axes, "lora_rank")))
-    layer.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((rank, *out_shape), layer.kernel.dtype),
+    layer.lora_a = nnx.data(nnx.LoRAParam(a, logical_axes=(*layer.in_axes, "lora_rank")))
+    layer.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((rank, *out_shape), jnp.float32),
                                           logical_axes=("lora_rank", *layer.out_axes)))
     layer.lora_scale = alpha / rank
   return model
