@@ -178,7 +178,7 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
   """
   B, T, H, E = q_BxTxHxE.shape
   K = (own if own is not None else cache)[0].shape[2]
-  G, C = H // K, min(ATTN_BLOCK, T)
+  G = H // K
   S = 0 if cache is None else cache[0].shape[1]
   n_own = 0 if own is None else T
   q = q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)
@@ -192,6 +192,15 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
   if T * (n_own + S) <= DIRECT_SCORES:
     out = _direct_attention(q, pos_BxT, own, cache)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+  return _blocked_loops(q, pos_BxT, own, cache)[:, :T]
+
+
+def _blocked_loops(q, pos_BxT, own, cache):
+  """`blocked_split`'s streaming loops: q `[B, K, G, T, E]` (scaled) -> `[B, Tp, H, E]`, the
+  queries padded to whole chunks."""
+  B, K, G, T, E = q.shape
+  H, C = K * G, min(ATTN_BLOCK, T)
+  S = 0 if cache is None else cache[0].shape[1]
   Tp = -(-T // C) * C
   nq = Tp // C
   q = _pad_axis(q, 3, Tp)
@@ -244,8 +253,7 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
     return (acc / jnp.maximum(l, 1.0)).astype(q.dtype).reshape(B, K, G, C, E)
 
   out = jax.lax.map(chunk, jnp.arange(nq))  # [nq, B, K, G, C, E]
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, H, E)
-  return out[:, :T]
+  return out.transpose(1, 0, 4, 2, 3, 5).reshape(B, Tp, H, E)
 
 
 def blocked(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, q_pos_BxT, kv_pos_BxS, kv_valid_BxS):

@@ -235,17 +235,22 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
                                 v=constrain(new_cache.v, new_cache.logical_axes))
 
+  return _logits(model, x, positions_BxT, last_only), new_cache
+
+
+def _logits(model: Transformer, x, positions_BxT, last_only: bool) -> jax.Array:
+  """float32 logits of the last layer's x: every token's, or each row's last real one."""
   if last_only:
     last = jnp.argmax(positions_BxT, axis=1)  # [B]
     x = jnp.take_along_axis(x, last[:, None, None], axis=1)
-  x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+  x = rms_norm(x, model.final_norm[...], model.config.rms_norm_eps)
   if model.lm_head is None:
-    logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(dtype),
+    logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(x.dtype),
                         preferred_element_type=jnp.float32)
   else:
-    logits = jnp.einsum("btd,dv->btv", x, model.lm_head[...].astype(dtype),
+    logits = jnp.einsum("btd,dv->btv", x, model.lm_head[...].astype(x.dtype),
                         preferred_element_type=jnp.float32)
-  return constrain(logits, ("batch", "seq", "vocab")), new_cache
+  return constrain(logits, ("batch", "seq", "vocab"))
 
 
 def _layer_cache(cache: KVCache | None, layer, k_l, v_l, cache_view):
