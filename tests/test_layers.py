@@ -76,3 +76,11 @@ def test_no_import_cycles():
   for m in sorted(graph):
     if m != "psynth":  # the facade imports everything and nothing imports it
       visit(m, [])
+
+
+def test_no_function_longer_than_60_lines():
+  long = [f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name} ({n} lines)"
+          for path in PKG.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and (n := node.end_lineno - node.lineno + 1) > 60]
+  assert not long, "split these:\n" + "\n".join(long)
