@@ -24,9 +24,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from psynth.bench.throughput import facts_items
 from psynth.bench.timing import markdown_table
-from psynth.data.sources import data_dir
-from psynth.eval.tasks import BuildOptions, TASKS
+from psynth.eval.tasks import TASKS
 from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.generate import SamplingConfig
 from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
@@ -90,19 +90,19 @@ def _logits(loaded, rows: list[list[int]], lora: bool, batch: int = 8):
 
 def compare_logits(a: list[np.ndarray], b: list[np.ndarray], lora: bool) -> LogitRow:
   """float32 logits `a` against bfloat16 logits `b`, row by row (`[len, V]` each)."""
-  worst, total, count, agree, moments, where = [], 0.0, 0, 0, np.zeros(3), (0, 0)
-  for row, (x, y) in enumerate(zip(a, b)):
+  worst, total, count, agree, moments, at = [], 0.0, 0, 0, np.zeros(3), 0
+  for x, y in zip(a, b):
     diff = np.abs(x - y)
     per_token = diff.max(-1)
-    if not worst or per_token.max() > max(map(max, worst)):
-      where = (row, int(per_token.argmax()))
+    if not worst or per_token.max() > max(w.max() for w in worst):
+      at = int(per_token.argmax())
     worst.append(per_token)
     total, count = total + float(diff.sum()), count + diff.size
     agree += int((x.argmax(-1) == y.argmax(-1)).sum())
     moments += (x.size, float(x.sum()), float((x.astype(np.float64) ** 2).sum()))
   per_token = np.concatenate(worst)
   n, s1, s2 = moments
-  return LogitRow(lora, len(per_token), float(per_token.max()), where[1],
+  return LogitRow(lora, len(per_token), float(per_token.max()), at,
                   float(np.median(per_token)), float(np.quantile(per_token, 0.99)),
                   total / count, float(np.sqrt(s2 / n - (s1 / n) ** 2)), agree / len(per_token))
 
@@ -111,7 +111,7 @@ def run(load: Callable, name: str, adapter, examples: int = 32, branches: int = 
         answer_tokens: int = 32, max_prompt_tokens: int = 384, root=None) -> Result:
   """`load(name, dtype=..., adapter=...)` builds each model in turn (one lives at a time)."""
   task = TASKS["facts"]
-  items = task.build(BuildOptions(data_dir(root), branches, 60))[:examples]
+  items = facts_items(examples, branches, root)
   questions, outputs = [it.question for it in items], [list(it.branches) for it in items]
   logits: dict[tuple[str, bool], list[np.ndarray]] = {}
   replies: dict[tuple[str, str], list[str]] = {}

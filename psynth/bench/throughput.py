@@ -61,9 +61,14 @@ class Result:
   runs: int
 
 
+def facts_items(examples: int, branches: int, root=None):
+  """The first `examples` items of the `facts` evaluation task, `branches` branches each."""
+  return TASKS["facts"].build(BuildOptions(data_dir(root), branches, 60))[:examples]
+
+
 def workload(examples: int, branches: int, root=None):
   """(questions, branch texts) of the first `examples` items of the `facts` task."""
-  items = TASKS["facts"].build(BuildOptions(data_dir(root), branches, 60))[:examples]
+  items = facts_items(examples, branches, root)
   return [it.question for it in items], [list(it.branches) for it in items]
 
 
@@ -140,7 +145,7 @@ def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5):
   pos = jnp.full((batch, 1), slots, jnp.int32)
   rest = (jax.random.key(0), jnp.float32(1), jnp.float32(1))
   times = []
-  for i in range(repeats + 1):  # the first call compiles
+  for _ in range(repeats + 1):  # the first call compiles
     t0 = time.perf_counter()
     out, cache = step(state, tok, pos, cache, *rest, greedy=True, lora=False)
     jax.block_until_ready(out)
