@@ -53,7 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
       val_examples=256, val_accuracy_examples=64, val_batch=16,
       # remat: with model.scan_layers, recompute each layer's activations in the backward
       # pass instead of keeping them (large models on accelerators).
-      remat=False))
+      remat=False,
+      # Start from a trained adapter (a shipped name such as "default", or an adapter
+      # directory) instead of the identity; its LoRA settings and mapper kind must match
+      # lora.* and mapper.kind. A checkpoint in workdir still takes precedence (resume).
+      init_adapter=""))
   # Evaluation (`python -m psynth eval`): which tasks and methods (comma-separated), examples
   # per task (0 = all), where predictions go (a rerun resumes), shards (-1: the JAX process
   # count / index); branches per task, how sampled workers sample, and the word budget of an

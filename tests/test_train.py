@@ -217,6 +217,31 @@ def test_two_processes_match_one_process(tmp_path):
   assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4
 
 
+def test_training_can_start_from_a_trained_adapter(tmp_path):
+  """train.init_adapter: step 1 starts from the adapter's LoRA and mapper (its loss equals the
+  adapter's val loss), and an adapter of other LoRA settings is refused, naming both."""
+  kw = dict(steps=8, batch_size=2, lr=3e-2, warmup_steps=1, save_every=100)
+  first = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "a", **kw)),
+                  mesh=one_device())
+  first.fit(examples(2), progress=False)
+  first.save_adapter(tmp_path / "adapter")
+  trained_loss = first.evaluate(first.tokenize(examples(2)), "trained")
+  cfg = tiny_cfg(tmp_path / "b", **dict(kw, steps=1, init_adapter=str(tmp_path / "adapter")))
+  again = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(cfg), mesh=one_device())
+  np.testing.assert_array_equal(np.asarray(again.trainable["mapper"]["w2"]),
+                                np.asarray(first.trainable["mapper"]["w2"]))
+  np.testing.assert_array_equal(
+      np.asarray(again.trainable["model"]["layers"][1]["attn"]["v"]["lora_b"]),
+      np.asarray(first.trainable["model"]["layers"][1]["attn"]["v"]["lora_b"]))
+  assert again.evaluate(again.tokenize(examples(2)), "trained") == pytest.approx(trained_loss, abs=1e-6)
+  fresh = Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path / "c", **kw)),
+                  mesh=one_device())
+  assert fresh.evaluate(fresh.tokenize(examples(2)), "trained") > trained_loss + 0.1
+  cfg.lora.rank = 8
+  with pytest.raises(ValueError, match=r"init_adapter(.|\n)*\(4, 8\.0(.|\n)*\(8, 8\.0"):
+    Trainer(psynth.load("tiny-random"), TrainSettings.from_config(cfg), mesh=one_device())
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
   kw = dict(steps=1, batch_size=2, save_every=1)
   Trainer(psynth.load("tiny-random"), TrainSettings.from_config(tiny_cfg(tmp_path, **kw)),

@@ -27,6 +27,7 @@ class Optim:
   val_accuracy_examples: int = 64
   val_batch: int = 16
   remat: bool = False  # with model.scan_layers: recompute activations in the backward pass
+  init_adapter: str = ""  # start from this adapter (shipped name or directory); "" = fresh
 
 
 @dataclasses.dataclass(frozen=True)

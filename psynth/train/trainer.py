@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from psynth import sharding
+from psynth import adapters, sharding
 from psynth.cache import mappers
-from psynth.convert.adapter_dir import save_adapter_dir
+from psynth.convert import lora_names
+from psynth.convert.adapter_dir import load_adapter_dir, save_adapter_dir
 from psynth.data.example import Example
 from psynth.model.lora import add_lora
 from psynth.model.stacking import stack_layers, unstack_layers
@@ -43,16 +44,40 @@ log = logging.getLogger(__name__)
 
 
 def build_synthesizer(model: Transformer, cfg: TrainSettings) -> step_lib.Synthesizer:
-  """`model` with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): the identity; its
-  layers stored stacked with `model.scan_layers` (in place). Under `nnx.eval_shape` it builds
-  shapes only (`psynth.aot`)."""
+  """`model` with a fresh LoRA (B = 0) and a fresh mapper (last layer 0): the identity, or,
+  with `train.init_adapter`, that adapter's LoRA and mapper; its layers stored stacked with
+  `model.scan_layers` (in place). Under `nnx.eval_shape` it builds shapes only (`psynth.aot`)."""
   c = model.config
-  model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
-                   targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(cfg.seed))
+  if cfg.train.init_adapter:
+    model, mapper = _from_adapter(model, cfg)
+  else:
+    model = add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                     targets=tuple(cfg.lora.targets), rngs=nnx.Rngs(cfg.seed))
+    mapper = mappers.make(cfg.mapper.kind, c.num_layers, c.num_kv_heads,
+                          rngs=nnx.Rngs(cfg.seed + 1))
   if cfg.model.scan_layers:
     stack_layers(model)
-  mapper = mappers.make(cfg.mapper.kind, c.num_layers, c.num_kv_heads, rngs=nnx.Rngs(cfg.seed + 1))
   return step_lib.Synthesizer(model, mapper)
+
+
+def _from_adapter(model: Transformer, cfg: TrainSettings):
+  """(model with the adapter's LoRA, its mapper) for `train.init_adapter`; refuses an adapter
+  whose LoRA settings or mapper kind differ from the config's, naming both."""
+  path = adapters.resolve(cfg.model.name, cfg.train.init_adapter)
+  if path is None:
+    raise ValueError(f"train.init_adapter={cfg.train.init_adapter!r}: pass a shipped adapter "
+                     "name or an adapter directory ('' starts from the identity)")
+  mapper = load_adapter_dir(path, model)
+  got = lora_names.settings(model)
+  want = (int(cfg.lora.rank), float(cfg.lora.alpha), tuple(sorted(cfg.lora.targets)))
+  have = (int(got.rank), float(got.alpha), tuple(sorted(got.targets)))
+  kind = mapper.kind if mapper is not None else "none"
+  if have != want or kind != cfg.mapper.kind:
+    raise ValueError(f"train.init_adapter {path}: LoRA (rank, alpha, targets) = {have}, mapper "
+                     f"{kind!r}; the config asks for {want}, mapper {cfg.mapper.kind!r} (set "
+                     "lora.* and mapper.kind to match the adapter)")
+  log.info("starting from adapter %s", path)
+  return model, mapper
 
 
 def signature(loaded: Loaded, cfg: TrainSettings) -> dict:
