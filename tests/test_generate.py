@@ -17,7 +17,9 @@ def tiny(tiny_checkpoint):
 
 def test_bucket():
   assert [bucket(n) for n in (1, 16, 17, 72, 100, 1024, 1025)] == [16, 16, 20, 80, 112, 1024, 1280]
-  assert all(n <= bucket(n) < 1.25 * n + 16 for n in range(1, 5000))
+  assert [bucket(n) for n in (2049, 2251, 2305, 4097)] == [2304, 2304, 2560, 4352]
+  assert all(n <= bucket(n) < min(1.25 * n + 16, n + 256) for n in range(1, 9000))
+  assert len({bucket(n) for n in range(1, 8193)}) == 53  # a bounded set of compiled shapes
 
 
 def test_greedy_batch_matches_hf_generate(tiny):
