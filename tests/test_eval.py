@@ -166,8 +166,7 @@ def test_gold_reply_scores_correct(name, items):
   assert not TASKS[name].score("I do not know.", item).correct
 
 
-EVIDENCE = {"facts": 500, "facts_multi": 500, "facts_choice": 500, "strategyqa": 800,
-            "arc_easy_evidence": 2376}
+EVIDENCE = {"facts": 500, "facts_multi": 500, "strategyqa": 800, "arc_easy_evidence": 2376}
 
 
 @pytest.mark.parametrize("name", sorted(EVIDENCE))
@@ -192,21 +191,6 @@ def test_facts_follow_the_seed_in_layout_only_and_need_two_branches(items):
   assert {len(it.branches) for it in TASKS["facts"].build(BuildOptions(DATA, 1, 120))} == {4}
   p, asked = fixed.facts_record("facts", "eval", 0)
   assert sum(facts.fact(p, asked[0]) in b for b in items["facts"][0].branches) == 1
-
-
-def test_facts_choice_asks_facts_items_with_four_options(items):
-  for mc, open_ in zip(items["facts_choice"], items["facts"]):
-    assert mc.branches == open_.branches and mc.id == open_.id
-    options, gold = mc.gold["options"], open_.gold["values"][0]
-    assert len(set(options)) == 4 and options[ord(mc.gold["answer"]) - ord("A")] == gold
-    assert mc.question.startswith(open_.question.split("\n")[0].split(" Answer")[0])
-  letters = [it.gold["answer"] for it in items["facts_choice"]]
-  assert all(60 < letters.count(c) < 190 for c in "ABCD")  # the true value's place is shuffled
-  mc = items["facts_choice"][0]
-  right = mc.gold["options"][ord(mc.gold["answer"]) - ord("A")]
-  assert TASKS["facts_choice"].score(f"{mc.gold['answer']}. {right}", mc).correct
-  assert TASKS["facts_choice"].score(f"The museum opens its meetings with the {right}.", mc).correct
-  assert not TASKS["facts_choice"].score("A" if mc.gold["answer"] != "A" else "B", mc).correct
 
 
 def test_evidence_scoring(items):

@@ -3,7 +3,6 @@
 
     facts              one made-up fact among made-up distractor facts and real text
     facts_multi        2 or 3 facts about one made-up institution, in different branches
-    facts_choice       facts' items as multiple choice: the true value among 3 others (A-D)
     strategyqa         StrategyQA: the explanation's sentences among other questions' ones
     arc_easy_evidence  ARC-Easy test: one branch per option, holding that option's passage
 
@@ -16,7 +15,7 @@ except for ARC, which has one branch per option.
 
 from __future__ import annotations
 
-from psynth.data import facts, fixed, seeds
+from psynth.data import fixed, seeds
 from psynth.data.chunks import clean
 from psynth.data.sources import read_arc
 from psynth.eval import answers, metrics
@@ -27,7 +26,6 @@ from psynth.eval.tasks.choice import (LETTERS, PICK, choice_gold, choice_questio
 from psynth.synthesis.prompts import ONE_SENTENCE, YES_NO
 
 FACTS_BRANCHES = 4  # a single branch cannot keep a fact apart from its distractors
-CHOICES = 4  # options of facts_choice
 
 
 def _branch_count(opts: BuildOptions) -> int:
@@ -62,29 +60,6 @@ def _facts(family: str):
   return build
 
 
-def facts_choice(opts: BuildOptions) -> list[Item]:
-  """The `facts` task's items (the same branches) asked as multiple choice: the true value and
-  three other values of the same attribute, in a seeded order."""
-  docs = fixed.real_documents(opts.root)
-  items = []
-  for i in range(fixed.EVAL_ITEMS):
-    ex = fixed.facts_example("facts", "eval", i, _branch_count(opts), opts.max_branch_words,
-                             docs, seeds.rng(opts.seed, "facts", "eval", i))
-    p, (attribute,) = fixed.facts_record("facts", "eval", i)
-    rng = seeds.rng(opts.seed, "facts_choice", i)
-    options = [p.values[attribute]]
-    while len(options) < CHOICES:
-      value = facts.ATTRIBUTES[attribute].value(rng)
-      if value not in options:
-        options.append(value)
-    rng.shuffle(options)
-    correct = options.index(p.values[attribute])
-    items.append(Item(f"eval/{i:05d}", choice_question(facts.question(p, [attribute]), options),
-                      tuple(ex.branch_outputs), choice_gold(options, correct),
-                      "\n\n".join(ex.branch_outputs)))
-  return items
-
-
 def score_yes_no(reply: str, item: Item) -> Score:
   """gold: "yes" or "no"; the reply's first yes or no (as a whole word) must be it."""
   got = answers.extract_label(reply, ("yes", "no"))
@@ -117,6 +92,5 @@ def arc_easy_evidence(opts: BuildOptions) -> list[Item]:
 TASKS = (Task("facts", "fixed", _facts("facts"), score_facts, answer_format=ONE_SENTENCE),
          Task("facts_multi", "fixed", _facts("facts_multi"), score_facts,
               answer_format=ONE_SENTENCE),
-         Task("facts_choice", "fixed", facts_choice, score_choice, answer_format=PICK),
          Task("strategyqa", "fixed", strategyqa, score_yes_no, answer_format=YES_NO),
          Task("arc_easy_evidence", "fixed", arc_easy_evidence, score_choice, answer_format=PICK))
