@@ -127,26 +127,6 @@ def test_attend_own_tokens_and_cache(name, direct, monkeypatch):
   _check(out, (q, cat(k_c, k), cat(v_c, v), pos, cat(pos_c, pos), cat(valid_c, pos >= 0)))
 
 
-@pytest.mark.parametrize("rows_per_group", [1, 2])
-def test_blocked_attends_a_batch_in_groups_of_rows(rows_per_group, monkeypatch):
-  """A batch whose scores exceed BATCH_SCORES is attended a few rows at a time: the same
-  values as the whole batch at once and as the reference."""
-  q, k_c, v_c, _, pos_c, valid_c = _inputs(4, 7, 21, 4, 2, 16)
-  rng = np.random.RandomState(1)
-  k, v = jnp.asarray(rng.randn(2, 4, 7, 2, 16), jnp.float32)
-  pos = jnp.asarray([[30, 31, 32, 33, 34, 35, -1], [24, 25, 26, -1, -1, -1, -1]] * 2, jnp.int32)
-  args = (q, k, v, pos, (k_c, v_c, pos_c, valid_c))
-  whole = attn.attend("blocked", *args)
-  monkeypatch.setattr(attn, "BATCH_SCORES", rows_per_group * 7 * (7 + 21))
-  assert attn._row_group(4, 7 * (7 + 21)) == rows_per_group
-  grouped = attn.attend("blocked", *args)
-  np.testing.assert_allclose(grouped, whole, atol=1e-6)
-  cat = lambda a, b: jnp.concatenate([a, b], axis=1)
-  _check(grouped, (q, cat(k_c, k), cat(v_c, v), pos, cat(pos_c, pos), cat(valid_c, pos >= 0)))
-  assert attn._row_group(6, 7 * (7 + 21)) in ((1,) if rows_per_group == 1 else (2,))
-  assert attn._row_group(7, 7 * (7 + 21)) == 1  # a prime batch: one row at a time
-
-
 @pytest.mark.parametrize("name", sorted(set(attn.IMPLEMENTATIONS) - {"pallas_tpu"}))
 def test_decode_step_over_own_token_and_cache(name):
   """One query per row ("blocked" takes its decode path): a row reading cache and own token,

@@ -166,7 +166,8 @@ def test_gold_reply_scores_correct(name, items):
   assert not TASKS[name].score("I do not know.", item).correct
 
 
-EVIDENCE = {"facts": 500, "facts_multi": 500, "strategyqa": 800, "arc_easy_evidence": 2376}
+EVIDENCE = {"facts": 500, "facts_multi": 500, "strategyqa": 800, "arc_easy_evidence": 2376,
+            "arc_easy_likelihood": 2376}
 
 
 @pytest.mark.parametrize("name", sorted(EVIDENCE))
@@ -177,7 +178,7 @@ def test_evidence_tasks_are_fixed_branches_and_deterministic(name, items):
   for it in got:
     assert it.question.endswith(f"\n{task.answer_format}") and all(b.strip() for b in it.branches)
     assert it.context == "\n\n".join(it.branches)
-  if name == "arc_easy_evidence":  # one branch per option, holding that option's passage
+  if name.startswith("arc_easy"):  # one branch per option, holding that option's passage
     assert all(len(it.branches) == len(it.gold["options"]) for it in got)
     assert got[0].branches[1].startswith('About option B ("Most ecosystems are found on land')
   else:
@@ -393,6 +394,38 @@ def test_psynth_identity_adapter_equals_naive(full_run, settings, tmp_path):
   assert [r["branch_tokens"] for r in preds] == [r["branch_tokens"] for r in naive]
   assert preds[0]["adapter"] == str(adapter) and summary["hotpotqa"]["psynth"]["n"] == 2
   assert len(records.read_jsonl(out / "branches" / "hotpotqa.shard-00000-of-00001.jsonl")) == 2
+
+
+def test_likelihood_task_picks_the_best_option_per_character(settings, loaded, items, tmp_path):
+  """arc_easy_likelihood: arc_easy_evidence's items without letters; no reply is generated,
+  the prediction is the letter of the option with the best log-probability per character."""
+  import numpy as np
+
+  from psynth.eval import methods
+  from psynth.synthesis import chat
+  from psynth.synthesis.likelihood import continuation_logprobs
+
+  task = TASKS["arc_easy_likelihood"]
+  got, evidence = items["arc_easy_likelihood"][:3], items["arc_easy_evidence"][:3]
+  assert task.score_by == "likelihood" and TASKS["arc_easy_evidence"].score_by == "reply"
+  assert [(it.branches, it.gold) for it in got] == [(it.branches, it.gold) for it in evidence]
+  assert "\nA. " not in got[0].question and got[0].question.endswith("\n" + task.answer_format)
+  summary = eval_main(settings, "arc_easy_likelihood", RUN_METHODS, limit=3, output_dir=tmp_path,
+                      loaded=loaded, progress=False)
+  assert {m: s["n"] for m, s in summary["arc_easy_likelihood"].items()} == dict.fromkeys(
+      ("single", "text", "naive"), 3)
+  preds = _predictions(tmp_path)
+  for m in ("single", "text", "naive"):
+    rs = preds[f"arc_easy_likelihood/{m}"]
+    assert all(r["prediction"] in "ABCDE" and r["answer_tokens"] == 0 for r in rs)
+    assert all(r["correct"] == (r["prediction"] == r["gold"]) for r in rs)
+  tok = loaded.tokenizer
+  for it, r in zip(got, preds["arc_easy_likelihood/single"]):
+    opts = it.gold["options"]
+    head = chat.encode(tok, methods.single_messages(task, it))
+    lp = continuation_logprobs(loaded.engine, [head] * len(opts),
+                               [tok(o, add_special_tokens=False)["input_ids"] for o in opts])
+    assert r["prediction"] == "ABCDE"[int(np.argmax(lp / np.array([len(o) for o in opts])))]
 
 
 def test_paired_differences_per_task_and_pooled(tmp_path):

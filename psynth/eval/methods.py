@@ -12,6 +12,9 @@ branches are the texts. Every synthesis method then reads caches rebuilt from th
 (`fan_out_batch(outputs=...)`), on a first run and a resumed one alike, and answers every
 item of the batch as one row of a batched synthesis. The synthesizer decodes greedily.
 
+A "likelihood" task (`Task.score_by`) generates nothing: every method scores each option as
+the start of its reply, from the same prompt and branches (`option_replies`).
+
 TTFT is the batch's (its rows share a prefill) and leaves out XLA compilation: a call that
 compiled something is run once more and the warm time kept; the greedy replies do not change.
 """
@@ -20,17 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import string
 import time
 import zlib
 from typing import TYPE_CHECKING, Sequence
 
 import jax
+import numpy as np
 
 from psynth.eval.tasks.base import Item, Task
 from psynth.synthesis.adapter import Adapter
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import Branches
-from psynth.synthesis.generate import SamplingConfig
+from psynth.synthesis.generate import SamplingConfig, bucket
+from psynth.synthesis.likelihood import continuation_logprobs, repeat_examples
 from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 
 if TYPE_CHECKING:  # the front door sits above this module
@@ -130,6 +136,8 @@ def replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
             branches: Branches | None, sampling: SamplingConfig, *, mode: str = "shared_start",
             adapter: Adapter | None = None) -> list[Reply]:
   """One method's replies to a batch of items (`branches`: theirs; unused by single)."""
+  if task.score_by == "likelihood":
+    return option_replies(loaded, task, items, method, branches, mode=mode, adapter=adapter)
   tok = loaded.tokenizer
   count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
   if method == "single":
@@ -153,4 +161,58 @@ def replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
     # The pipeline returns text: its token count is that of the re-encoded reply.
     out.append(Reply(r.answer, r.ttft_s, r.total_s, len(chat.encode(tok, prompt)),
                      count(r.answer)))
+  return out
+
+
+def _method_prompts(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
+                    branches: Branches | None) -> list[list[int]]:
+  """Each item's prompt for `method`, chat-encoded and ready for the assistant's reply."""
+  tok = loaded.tokenizer
+  if method == "single":
+    return [chat.encode(tok, single_messages(task, it)) for it in items]
+  if method == "text":
+    texts = [[tok.decode(branches.tokens[r], skip_special_tokens=True) for r in rows]
+             for rows in branches.rows()]
+    return [chat.encode(tok, prompts.synth_text(it.question, t, task.system, task.answer_format))
+            for it, t in zip(items, texts)]
+  return [chat.encode(tok, prompts.synth_cache(it.question, task.system, task.answer_format))
+          for it in items]
+
+
+def option_replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
+                   branches: Branches | None, *, mode: str = "shared_start",
+                   adapter: Adapter | None = None) -> list[Reply]:
+  """"likelihood" tasks: every option of every item scored as the start of the reply, one row
+  per option, all in one prefill (`psynth.synthesis.likelihood`); the reply is the letter of
+  the option with the highest log-probability per character (lm-eval's `acc_norm`). TTFT: the
+  batch's scoring time."""
+  if method not in METHODS:
+    raise ValueError(f"method {method!r} unknown; choose from {METHODS}")
+  if method == "psynth" and adapter is None:
+    raise ValueError("method 'psynth' needs a trained adapter; got none")
+  tok = loaded.tokenizer
+  options = [list(it.gold["options"]) for it in items]
+  times = [len(o) for o in options]
+  heads = _method_prompts(loaded, task, items, method, branches)
+  rows = [(h, tok(o, add_special_tokens=False)["input_ids"])
+          for h, opts in zip(heads, options) for o in opts]
+  pad = bucket(len(rows), minimum=8) - len(rows)  # a few row counts compile, not one per batch
+  rows += [rows[-1]] * pad
+  rep = None
+  if method != "single":
+    rep = repeat_examples(branches, times[:-1] + [times[-1] + pad])
+
+  def score():
+    t0 = time.perf_counter()
+    lp = continuation_logprobs(loaded.engine, [h for h, _ in rows], [c for _, c in rows],
+                               method=method, branches=rep, mode=mode,
+                               adapter=adapter if method == "psynth" else None)
+    return lp, time.perf_counter() - t0
+
+  lp, dt = warm(score)
+  out, at = [], 0
+  for h, opts in zip(heads, options):
+    per_char = [lp[at + j] / max(len(o), 1) for j, o in enumerate(opts)]
+    at += len(opts)
+    out.append(Reply(string.ascii_uppercase[int(np.argmax(per_char))], dt, dt, len(h), 0))
   return out

@@ -38,11 +38,6 @@ ATTN_BLOCK = 256  # query rows per chunk and own keys per block (results/cpu_des
 CACHE_BLOCK = 256  # cache slots per block
 # Query x key pairs (per head) up to which one plain masked softmax beats the blocked loops.
 DIRECT_SCORES = 1 << 19
-# Query x key pairs (per head) of a whole batch that one masked softmax holds at once (~19 MB of
-# float32 scores at 9 heads); a bigger batch is attended in groups of rows, one after the other,
-# so its scores stay in cache: 64 rows of a 384-token prompt at once wrote and re-read 0.4 GB
-# per layer.
-BATCH_SCORES = 1 << 19
 
 
 def visible_BxTxS(q_pos_BxT, kv_pos_BxS, kv_valid_BxS):
@@ -195,27 +190,9 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
   q = q.reshape(B, T, K, G, E)
   q = q.transpose(0, 2, 3, 1, 4)
   if T * (n_own + S) <= DIRECT_SCORES:
-    g = _row_group(B, T * (n_own + S))
-    if g < B and jax.sharding.get_abstract_mesh().empty:  # a mesh splits rows by itself
-      out = _in_row_groups(_direct_attention, g, q, pos_BxT, own, cache)
-    else:
-      out = _direct_attention(q, pos_BxT, own, cache)
+    out = _direct_attention(q, pos_BxT, own, cache)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
   return _blocked_loops(q, pos_BxT, own, cache)[:, :T]
-
-
-def _row_group(B: int, pairs_per_row: int) -> int:
-  """The most rows (a divisor of B) whose scores together stay within BATCH_SCORES."""
-  most = max(1, BATCH_SCORES // pairs_per_row)
-  return max(g for g in range(1, min(B, most) + 1) if B % g == 0)
-
-
-def _in_row_groups(fn, g, q_BxKxGxTxE, pos_BxT, own, cache):
-  """fn(q, pos, own, cache) on groups of g rows, one group after the other (`lax.map`)."""
-  B = q_BxKxGxTxE.shape[0]
-  split = lambda x: x.reshape(B // g, g, *x.shape[1:])
-  out = jax.lax.map(lambda a: fn(*a), jax.tree.map(split, (q_BxKxGxTxE, pos_BxT, own, cache)))
-  return out.reshape(B, *out.shape[2:])
 
 
 def _blocked_loops(q, pos_BxT, own, cache):

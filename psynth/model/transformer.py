@@ -181,7 +181,8 @@ def _block(cfg: ModelConfig, blk: Block, x, cos, sin, positions, layer_cache, lo
 
 
 def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
-            *, last_only: bool = False, attend_cache: bool = True, lora: bool = False,
+            *, last_only: bool = False, logits_at: jax.Array | None = None,
+            attend_cache: bool = True, lora: bool = False,
             cache_view=None, write: bool = True, scan: bool = False,
             remat: bool = False) -> tuple[jax.Array, KVCache]:
   """Runs `tokens` at absolute `positions` on top of `cache`; returns (logits, new cache).
@@ -193,6 +194,8 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   like any other) and to the tokens of this call up to itself, which must therefore come in
   increasing position order, as any prompt does.
   `last_only`: logits `[B, 1, V]` for each row's last real token only (prefill needs no more).
+  `logits_at`: `[B, J]` indices into this call's tokens: logits `[B, J, V]` of those only
+  (scoring a continuation without the vocabulary-wide logits of every prompt token).
   `attend_cache=False`: skip scoring the cache, for a first prefill into an empty one.
   `lora`: switch the LoRA adapter on (the synthesizer); off, the model is the base model,
   bit for bit (the adapter's arrays are not even read).
@@ -235,14 +238,16 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
                                 v=constrain(new_cache.v, new_cache.logical_axes))
 
-  return _logits(model, x, positions_BxT, last_only), new_cache
+  return _logits(model, x, positions_BxT, last_only, logits_at), new_cache
 
 
-def _logits(model: Transformer, x, positions_BxT, last_only: bool) -> jax.Array:
-  """float32 logits of the last layer's x: every token's, or each row's last real one."""
+def _logits(model: Transformer, x, positions_BxT, last_only: bool, at_BxJ=None) -> jax.Array:
+  """float32 logits of the last layer's x: every token's, each row's last real one, or those
+  at the indices `at_BxJ`."""
   if last_only:
-    last = jnp.argmax(positions_BxT, axis=1)  # [B]
-    x = jnp.take_along_axis(x, last[:, None, None], axis=1)
+    at_BxJ = jnp.argmax(positions_BxT, axis=1)[:, None]  # [B, 1]
+  if at_BxJ is not None:
+    x = jnp.take_along_axis(x, at_BxJ[:, :, None], axis=1)
   x = rms_norm(x, model.final_norm[...], model.config.rms_norm_eps)
   if model.lm_head is None:
     logits = jnp.einsum("btd,vd->btv", x, model.embed[...].astype(x.dtype),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from psynth.synthesis.prompts import DEFAULT_SYSTEM
 
 BRANCHINGS = ("sample", "chunk", "fixed")
+SCORE_BY = ("reply", "likelihood")
 # The branch input of a "sample" worker: the problem is already in its question.
 WORK_IT_OUT = ("There is no document: the problem above is the whole task. Work it out "
                "yourself, step by step, and state your final answer.")
@@ -69,11 +70,18 @@ class Task:
   # Its items are training questions too (`psynth.data` builds examples from the same records):
   # it measures pipeline fidelity, not generalisation, unless run with `held_out_from`.
   overlaps_training: bool = False
+  # "reply": each method generates a reply, which `score` reads; "likelihood": no generation,
+  # each of `gold["options"]` is scored as the reply's start (`methods.option_replies`) and the
+  # reply is the best one's letter (multiple choice the way small models are measured).
+  score_by: str = "reply"
 
   def __post_init__(self):
     if self.branching not in BRANCHINGS:
       raise ValueError(f"task {self.name}: branching={self.branching!r}; expected one of "
                        f"{BRANCHINGS}")
+    if self.score_by not in SCORE_BY:
+      raise ValueError(f"task {self.name}: score_by={self.score_by!r}; expected one of "
+                       f"{SCORE_BY}")
 
 
 def work_orders(n: int) -> tuple[str, ...]:

@@ -5,6 +5,7 @@
     facts_multi        2 or 3 facts about one made-up institution, in different branches
     strategyqa         StrategyQA: the explanation's sentences among other questions' ones
     arc_easy_evidence  ARC-Easy test: one branch per option, holding that option's passage
+    arc_easy_likelihood  the same items without letters, the options scored by likelihood
 
 None of their items is training data: the facts tasks and strategyqa read the "eval" partition
 of `psynth.data.fixed` (the training builders read "train" and drop any record asking an eval
@@ -15,6 +16,8 @@ except for ARC, which has one branch per option.
 
 from __future__ import annotations
 
+import dataclasses
+
 from psynth.data import fixed, seeds
 from psynth.data.chunks import clean
 from psynth.data.sources import read_arc
@@ -23,7 +26,7 @@ from psynth.eval.short_answer import extract_short_answer
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task
 from psynth.eval.tasks.choice import (LETTERS, PICK, choice_gold, choice_question, option_passage,
                                       score_choice)
-from psynth.synthesis.prompts import ONE_SENTENCE, YES_NO
+from psynth.synthesis.prompts import ONE_SENTENCE, SHORT_PHRASE, YES_NO
 
 FACTS_BRANCHES = 4  # a single branch cannot keep a fact apart from its distractors
 
@@ -89,8 +92,17 @@ def arc_easy_evidence(opts: BuildOptions) -> list[Item]:
   return items
 
 
+def arc_easy_likelihood(opts: BuildOptions) -> list[Item]:
+  """arc_easy_evidence's items (the same branches) asked without letters: the options are
+  scored by likelihood, not read from a reply."""
+  return [dataclasses.replace(it, question=f"{it.question.split(chr(10))[0]}\n{SHORT_PHRASE}")
+          for it in arc_easy_evidence(opts)]
+
+
 TASKS = (Task("facts", "fixed", _facts("facts"), score_facts, answer_format=ONE_SENTENCE),
          Task("facts_multi", "fixed", _facts("facts_multi"), score_facts,
               answer_format=ONE_SENTENCE),
          Task("strategyqa", "fixed", strategyqa, score_yes_no, answer_format=YES_NO),
-         Task("arc_easy_evidence", "fixed", arc_easy_evidence, score_choice, answer_format=PICK))
+         Task("arc_easy_evidence", "fixed", arc_easy_evidence, score_choice, answer_format=PICK),
+         Task("arc_easy_likelihood", "fixed", arc_easy_likelihood, score_choice,
+              answer_format=SHORT_PHRASE, score_by="likelihood"))

@@ -1,0 +1,116 @@
+"""Continuations scored by log-probability (multiple choice by likelihood), every method, tiny
+model: the chain rule holds, the first token's term is the synthesis path's own first logits,
+text equals one plain prefill of the same prompt, and a batch equals its rows alone."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from psynth.cache import mappers
+from psynth.convert.hf_checkpoint import load_params
+from psynth.model.config import ModelConfig
+from psynth.model.lora import add_lora
+from psynth.model.transformer import forward, init_cache
+from psynth.synthesis.adapter import Adapter
+from psynth.synthesis.fanout import encode_branches
+from psynth.synthesis.generate import Engine
+from psynth.synthesis.likelihood import continuation_logprobs, repeat_examples
+from psynth.synthesis.synthesize import cache_prefill
+
+COUNTS = (1, 3, 2)
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint):
+  path, _ = tiny_checkpoint("llama_gqa")
+  model = add_lora(load_params(ModelConfig.from_hf(path), path), rank=4, alpha=8,
+                   rngs=nnx.Rngs(0))
+  for blk in model.layers:
+    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.05))
+  cfg = model.config
+  mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
+  rng = np.random.RandomState(5)
+  shared = [1, 2, 3]
+  workers, outputs, synth, conts = [], [], [], []
+  for e, n in enumerate(COUNTS):
+    q = rng.randint(4, 128, 3 + e).tolist()
+    workers += [shared + q + rng.randint(4, 128, 2).tolist() for _ in range(n)]
+    outputs += [rng.randint(4, 128, rng.randint(3, 12)).tolist() for _ in range(n)]
+    synth.append(shared + q + rng.randint(4, 128, 4 + e).tolist())
+    conts.append(rng.randint(4, 128, 2 + 2 * e).tolist())
+  engine = Engine(model)
+  branches = encode_branches(engine, workers, outputs, counts=COUNTS)
+  return engine, Adapter(mapper, lora=True), branches, synth, conts
+
+
+def _plain_logprobs(engine, prompt, cont):
+  """One plain prefill of prompt + continuation, every logit formed, summed on the host."""
+  ids = np.array([list(prompt) + list(cont)], np.int32)
+  model = nnx.merge(engine.graphdef, engine.state)
+  logits, _ = forward(model, ids, np.arange(ids.shape[1])[None], init_cache(engine.config, 1, 1),
+                      attend_cache=False, write=False)
+  lp = np.asarray(jax.nn.log_softmax(logits[0], -1))
+  return sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(cont))
+
+
+@pytest.mark.parametrize("method", ["text", "naive", "psynth"])
+def test_chain_rule_and_first_token(setup, method):
+  engine, adapter, branches, synth, conts = setup
+  kw = dict(method=method, branches=branches, adapter=adapter)
+  whole = continuation_logprobs(engine, synth, conts, **kw)
+  first = continuation_logprobs(engine, synth, [c[:1] for c in conts], **kw)
+  rest = continuation_logprobs(engine, [s + c[:1] for s, c in zip(synth, conts)],
+                               [c[1:] for c in conts], **kw)
+  assert np.all(whole < 0) and np.all(np.isfinite(whole))
+  np.testing.assert_allclose(whole, first + rest, atol=TOL)
+  if method != "text":  # the first term is the cache path's own first logits
+    logits, _, _ = cache_prefill(engine, branches, synth,
+                                 adapter=adapter if method == "psynth" else None)
+    lp = np.asarray(jax.nn.log_softmax(logits, -1))
+    np.testing.assert_allclose(first, [lp[b, c[0]] for b, c in enumerate(conts)], atol=TOL)
+
+
+def test_text_equals_one_plain_prefill_and_single(setup):
+  """text reuses the workers' shared prefix cache: the same as prefilling the whole prompt."""
+  engine, _, branches, synth, conts = setup
+  want = [_plain_logprobs(engine, s, c) for s, c in zip(synth, conts)]
+  text = continuation_logprobs(engine, synth, conts, method="text", branches=branches)
+  single = continuation_logprobs(engine, synth, conts, method="single")
+  np.testing.assert_allclose(text, want, atol=TOL)
+  np.testing.assert_allclose(single, want, atol=TOL)
+
+
+def test_repeated_examples_score_like_their_original(setup):
+  """One row per option: example i repeated k_i times, each row scoring its own option."""
+  engine, adapter, branches, synth, conts = setup
+  times = (2, 1, 3)
+  rep = repeat_examples(branches, times)
+  assert rep.counts == (1, 1, 3, 2, 2, 2)
+  prompts = [s for s, k in zip(synth, times) for _ in range(k)]
+  options = [c if j == 0 else c[::-1] + [7] for c, k in zip(conts, times) for j in range(k)]
+  got = continuation_logprobs(engine, prompts, options, method="psynth", branches=rep,
+                              adapter=adapter)
+  firsts = [sum(times[:i]) for i in range(len(times))]
+  np.testing.assert_allclose(got[firsts], continuation_logprobs(
+      engine, synth, conts, method="psynth", branches=branches, adapter=adapter), atol=TOL)
+
+
+def test_bad_input_is_named(setup):
+  engine, _, branches, synth, conts = setup
+  with pytest.raises(ValueError, match="method 'beam' unknown"):
+    continuation_logprobs(engine, synth, conts, method="beam")
+  with pytest.raises(ValueError, match="needs the branches of 3 examples; got none"):
+    continuation_logprobs(engine, synth, conts, method="naive")
+  with pytest.raises(ValueError, match="2 prompts for 3 continuations"):
+    continuation_logprobs(engine, synth[:2], conts, method="single")
+  with pytest.raises(ValueError, match="row 1: the prompt and the continuation need a token"):
+    continuation_logprobs(engine, synth, [conts[0], [], conts[2]], method="single")
+  with pytest.raises(ValueError, match="mode 'after_prefix'"):
+    continuation_logprobs(engine, synth, conts, method="naive", branches=branches,
+                          mode="after_prefix")
