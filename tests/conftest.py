@@ -89,3 +89,22 @@ def run_programs(programs, limits, workers: int = 2):
   from psynth.eval.sandbox import run_program
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # threads only wait on children
     return list(pool.map(lambda p: run_program(p, limits), programs))
+
+
+def tiny_synthesizer(path):
+  """A tiny model (checkpoint `path`) with a LoRA and a per-head mapper that both change
+  answers: (model, mapper)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from psynth.cache import mappers
+  from psynth.convert.hf_checkpoint import load_params
+  from psynth.model.config import ModelConfig
+  from psynth.model.lora import add_lora
+  model = add_lora(load_params(ModelConfig.from_hf(path), path), rank=4, alpha=8,
+                   rngs=nnx.Rngs(0))
+  for blk in model.layers:
+    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.05))
+  cfg = model.config
+  mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
+  mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
+  return model, mapper

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_synthesizer
 from psynth.cache import mappers
 from psynth.convert.hf_checkpoint import load_params
 from psynth.model.config import ModelConfig
@@ -28,13 +29,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def setup(tiny_checkpoint):
   path, _ = tiny_checkpoint("llama_gqa")
-  model = add_lora(load_params(ModelConfig.from_hf(path), path), rank=4, alpha=8,
-                   rngs=nnx.Rngs(0))
-  for blk in model.layers:
-    blk.attn.v.lora_b.set_value(jnp.full_like(blk.attn.v.lora_b[...], 0.05))
-  cfg = model.config
-  mapper = mappers.make("per_head", cfg.num_layers, cfg.num_kv_heads, rngs=nnx.Rngs(1))
-  mapper.w2.set_value(jnp.full_like(mapper.w2[...], 0.3))
+  model, mapper = tiny_synthesizer(path)
   rng = np.random.RandomState(5)
   shared = [1, 2, 3]
   workers, outputs, synth, conts = [], [], [], []
