@@ -178,9 +178,14 @@ def test_evidence_tasks_are_fixed_branches_and_deterministic(name, items):
   for it in got:
     assert it.question.endswith(f"\n{task.answer_format}") and all(b.strip() for b in it.branches)
     assert it.context == "\n\n".join(it.branches)
-  if name.startswith("arc_easy"):  # one branch per option, holding that option's passage
+  if name == "arc_easy_evidence":  # one branch per option, holding that option's passage
     assert all(len(it.branches) == len(it.gold["options"]) for it in got)
     assert got[0].branches[1].startswith('About option B ("Most ecosystems are found on land')
+  elif name == "arc_easy_likelihood":  # the options' passages as found: no option quoted
+    assert sum(len(it.branches) == len(it.gold["options"]) for it in got) >= 2300
+    assert got[0].branches[1] == ("Reptiles are important components of the food webs in "
+                                  "most ecosystems.")
+    assert not any("About option" in b for it in got for b in it.branches)
   else:
     assert {len(it.branches) for it in got} == {3}
 
@@ -397,8 +402,9 @@ def test_psynth_identity_adapter_equals_naive(full_run, settings, tmp_path):
 
 
 def test_likelihood_task_picks_the_best_option_per_character(settings, loaded, items, tmp_path):
-  """arc_easy_likelihood: arc_easy_evidence's items without letters; no reply is generated,
-  the prediction is the letter of the option with the best log-probability per character."""
+  """arc_easy_likelihood: arc_easy_evidence's questions without letters (and its options'
+  passages without headers); no reply is generated, the prediction is the letter of the
+  option with the best log-probability per character."""
   import numpy as np
 
   from psynth.eval import methods
@@ -408,7 +414,7 @@ def test_likelihood_task_picks_the_best_option_per_character(settings, loaded, i
   task = TASKS["arc_easy_likelihood"]
   got, evidence = items["arc_easy_likelihood"][:3], items["arc_easy_evidence"][:3]
   assert task.score_by == "likelihood" and TASKS["arc_easy_evidence"].score_by == "reply"
-  assert [(it.branches, it.gold) for it in got] == [(it.branches, it.gold) for it in evidence]
+  assert [it.gold for it in got] == [it.gold for it in evidence]
   assert "\nA. " not in got[0].question and got[0].question.endswith("\n" + task.answer_format)
   summary = eval_main(settings, "arc_easy_likelihood", RUN_METHODS, limit=3, output_dir=tmp_path,
                       loaded=loaded, progress=False)
@@ -423,8 +429,9 @@ def test_likelihood_task_picks_the_best_option_per_character(settings, loaded, i
   for it, r in zip(got, preds["arc_easy_likelihood/single"]):
     opts = it.gold["options"]
     head = chat.encode(tok, methods.single_messages(task, it))
-    lp = continuation_logprobs(loaded.engine, [head] * len(opts),
-                               [tok(o, add_special_tokens=False)["input_ids"] for o in opts])
+    lp = continuation_logprobs(loaded.engine, [head],
+                               [tok(o, add_special_tokens=False)["input_ids"] for o in opts],
+                               counts=[len(opts)])
     assert r["prediction"] == "ABCDE"[int(np.argmax(lp / np.array([len(o) for o in opts])))]
 
 

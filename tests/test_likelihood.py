@@ -19,7 +19,7 @@ from psynth.model.transformer import forward, init_cache
 from psynth.synthesis.adapter import Adapter
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine
-from psynth.synthesis.likelihood import continuation_logprobs, repeat_examples
+from psynth.synthesis.likelihood import continuation_logprobs
 from psynth.synthesis.synthesize import cache_prefill
 
 COUNTS = (1, 3, 2)
@@ -81,19 +81,23 @@ def test_text_equals_one_plain_prefill_and_single(setup):
   np.testing.assert_allclose(single, want, atol=TOL)
 
 
-def test_repeated_examples_score_like_their_original(setup):
-  """One row per option: example i repeated k_i times, each row scoring its own option."""
+@pytest.mark.parametrize("method", ["single", "text", "naive", "psynth"])
+def test_options_after_one_prompt_score_as_each_alone(setup, method):
+  """An item's options (`counts`) share one prefill of its prompt: each scores as the same
+  option after its own copy of the prompt would, one-token options included."""
   engine, adapter, branches, synth, conts = setup
-  times = (2, 1, 3)
-  rep = repeat_examples(branches, times)
-  assert rep.counts == (1, 1, 3, 2, 2, 2)
-  prompts = [s for s, k in zip(synth, times) for _ in range(k)]
-  options = [c if j == 0 else c[::-1] + [7] for c, k in zip(conts, times) for j in range(k)]
-  got = continuation_logprobs(engine, prompts, options, method="psynth", branches=rep,
-                              adapter=adapter)
-  firsts = [sum(times[:i]) for i in range(len(times))]
-  np.testing.assert_allclose(got[firsts], continuation_logprobs(
-      engine, synth, conts, method="psynth", branches=branches, adapter=adapter), atol=TOL)
+  counts = (3, 1, 2)
+  options = [(c + [9])[:j] if j else c for c, k in zip(conts, counts) for j in range(k)]
+  kw = dict(method=method, branches=branches, adapter=adapter)
+  got = continuation_logprobs(engine, synth, options, counts=counts, **kw)
+  for j in range(3):  # every item's j-th option (or its last), one row per prompt, no counts
+    rows = [sum(counts[:b]) + min(j, k - 1) for b, k in enumerate(counts)]
+    alone = continuation_logprobs(engine, synth, [options[r] for r in rows], **kw)
+    np.testing.assert_allclose(got[rows], alone, atol=TOL)
+  if method in ("single", "text"):  # = a whole prefill of prompt + option
+    heads = [s for s, k in zip(synth, counts) for _ in range(k)]
+    np.testing.assert_allclose(got, [_plain_logprobs(engine, p, o) for p, o in
+                                     zip(heads, options)], atol=TOL)
 
 
 def test_bad_input_is_named(setup):
@@ -102,6 +106,8 @@ def test_bad_input_is_named(setup):
     continuation_logprobs(engine, synth, conts, method="beam")
   with pytest.raises(ValueError, match="needs the branches of 3 examples; got none"):
     continuation_logprobs(engine, synth, conts, method="naive")
+  with pytest.raises(ValueError, match="counts \\[2, 2\\] must give each of the 3 prompts"):
+    continuation_logprobs(engine, synth, conts, counts=[2, 2], method="single")
   with pytest.raises(ValueError, match="2 prompts for 3 continuations"):
     continuation_logprobs(engine, synth[:2], conts, method="single")
   with pytest.raises(ValueError, match="row 1: the prompt and the continuation need a token"):

@@ -36,7 +36,7 @@ from psynth.synthesis.adapter import Adapter
 from psynth.synthesis import chat, prompts
 from psynth.synthesis.fanout import Branches
 from psynth.synthesis.generate import SamplingConfig, bucket
-from psynth.synthesis.likelihood import continuation_logprobs, repeat_examples
+from psynth.synthesis.likelihood import continuation_logprobs
 from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 
 if TYPE_CHECKING:  # the front door sits above this module
@@ -182,30 +182,27 @@ def _method_prompts(loaded: Loaded, task: Task, items: Sequence[Item], method: s
 def option_replies(loaded: Loaded, task: Task, items: Sequence[Item], method: str,
                    branches: Branches | None, *, mode: str = "shared_start",
                    adapter: Adapter | None = None) -> list[Reply]:
-  """"likelihood" tasks: every option of every item scored as the start of the reply, one row
-  per option, all in one prefill (`psynth.synthesis.likelihood`); the reply is the letter of
-  the option with the highest log-probability per character (lm-eval's `acc_norm`). TTFT: the
-  batch's scoring time."""
+  """"likelihood" tasks: every option of every item scored as the start of the reply, a short
+  row per option after one prefill of its item's prompt (`psynth.synthesis.likelihood`); the
+  reply is the letter of the option with the highest log-probability per character
+  (lm-eval's `acc_norm`). TTFT: the batch's scoring time."""
   if method not in METHODS:
     raise ValueError(f"method {method!r} unknown; choose from {METHODS}")
   if method == "psynth" and adapter is None:
     raise ValueError("method 'psynth' needs a trained adapter; got none")
   tok = loaded.tokenizer
   options = [list(it.gold["options"]) for it in items]
-  times = [len(o) for o in options]
   heads = _method_prompts(loaded, task, items, method, branches)
-  rows = [(h, tok(o, add_special_tokens=False)["input_ids"])
-          for h, opts in zip(heads, options) for o in opts]
-  pad = bucket(len(rows), minimum=8) - len(rows)  # a few row counts compile, not one per batch
-  rows += [rows[-1]] * pad
-  rep = None
-  if method != "single":
-    rep = repeat_examples(branches, times[:-1] + [times[-1] + pad])
+  conts = [tok(o, add_special_tokens=False)["input_ids"] for opts in options for o in opts]
+  counts = [len(o) for o in options]
+  pad = bucket(len(conts), minimum=8) - len(conts)  # a few row counts compile, not one per batch
+  conts += [conts[-1]] * pad
+  counts[-1] += pad
 
   def score():
     t0 = time.perf_counter()
-    lp = continuation_logprobs(loaded.engine, [h for h, _ in rows], [c for _, c in rows],
-                               method=method, branches=rep, mode=mode,
+    lp = continuation_logprobs(loaded.engine, heads, conts, counts=counts, method=method,
+                               branches=None if method == "single" else branches, mode=mode,
                                adapter=adapter if method == "psynth" else None)
     return lp, time.perf_counter() - t0
 

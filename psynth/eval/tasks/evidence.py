@@ -16,16 +16,14 @@ except for ARC, which has one branch per option.
 
 from __future__ import annotations
 
-import dataclasses
-
 from psynth.data import fixed, seeds
-from psynth.data.chunks import clean
+from psynth.data.chunks import clean, truncate_words
 from psynth.data.sources import read_arc
 from psynth.eval import answers, metrics
 from psynth.eval.short_answer import extract_short_answer
 from psynth.eval.tasks.base import BuildOptions, Item, Score, Task
-from psynth.eval.tasks.choice import (LETTERS, PICK, choice_gold, choice_question, option_passage,
-                                      score_choice)
+from psynth.eval.tasks.choice import (LETTERS, NO_PASSAGE, PICK, choice_gold, choice_question,
+                                      option_passage, score_choice)
 from psynth.synthesis.prompts import ONE_SENTENCE, SHORT_PHRASE, YES_NO
 
 FACTS_BRANCHES = 4  # a single branch cannot keep a fact apart from its distractors
@@ -93,10 +91,18 @@ def arc_easy_evidence(opts: BuildOptions) -> list[Item]:
 
 
 def arc_easy_likelihood(opts: BuildOptions) -> list[Item]:
-  """arc_easy_evidence's items (the same branches) asked without letters: the options are
-  scored by likelihood, not read from a reply."""
-  return [dataclasses.replace(it, question=f"{it.question.split(chr(10))[0]}\n{SHORT_PHRASE}")
-          for it in arc_easy_evidence(opts)]
+  """ARC-Easy test without letters, the options scored by likelihood: one branch per option's
+  retrieved passage, as found (no header quoting the option, which lifts every option alike:
+  its first 48 items with headers were at chance for every method)."""
+  items = []
+  for q in read_arc("easy", "test", passages=True, root=opts.root):
+    options = [c.text for c in q.choices]
+    branches = [truncate_words(clean(c.passage), opts.max_branch_words) for c in q.choices
+                if c.passage and c.passage.strip()] or [NO_PASSAGE]
+    correct = [c.label for c in q.choices].index(q.answer_key)
+    items.append(Item(q.id, f"{q.question}\n{SHORT_PHRASE}", tuple(branches),
+                      choice_gold(options, correct), "\n\n".join(branches)))
+  return items
 
 
 TASKS = (Task("facts", "fixed", _facts("facts"), score_facts, answer_format=ONE_SENTENCE),
