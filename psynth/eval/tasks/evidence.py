@@ -5,7 +5,8 @@
     facts_multi        2 or 3 facts about one made-up institution, in different branches
     strategyqa         StrategyQA: the explanation's sentences among other questions' ones
     arc_easy_evidence  ARC-Easy test: one branch per option, holding that option's passage
-    arc_easy_likelihood  the same items without letters, the options scored by likelihood
+    arc_easy_likelihood  the same questions without letters, the options' passages as
+                       found, the options scored by likelihood
 
 None of their items is training data: the facts tasks and strategyqa read the "eval" partition
 of `psynth.data.fixed` (the training builders read "train" and drop any record asking an eval
