@@ -16,7 +16,7 @@ from psynth.synthesis.adapter import Adapter
 from psynth.model.lora import add_lora
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine, SamplingConfig
-from psynth.synthesis.synthesize import synthesize_from_branches
+from psynth.synthesis.synthesize import synthesize_from_branches, text_prefill_parts
 
 COUNTS = (1, 3, 2)  # ragged: the batch pads to 4 branches per row
 
@@ -63,11 +63,20 @@ def test_text_path_equals_a_plain_generate(setup):
   plain prefill of the whole prompt."""
   engine, _, examples = setup
   sampling = SamplingConfig(max_new_tokens=10)
+  reused = []
   for ex in examples:
     br = encode_branches(engine, ex[0], ex[1])
-    assert br.prefix is not None  # the path under test: a reused prefix
+    assert br.prefix is not None
+    reused.append(text_prefill_parts(br, [ex[3]])[0])
     got = synthesize_from_branches(engine, br, "text", [ex[3]], sampling, eos_ids=(5,))[0]
     assert got.answer_ids == engine.generate([ex[3]], sampling, eos_ids=(5,)).tokens[0]
+  assert any(reused), reused  # the path under test: a reused prefix (where it pads less)
+  # Reuse only where it shortens the padded prefill: after a 6-token shared prefix, a
+  # 16-token prompt pads to 16 whole or as its last 10, so it is prefilled whole; a 26-token
+  # one pads to 28 whole and to 20 after the prefix, so the prefix is reused.
+  br = encode_branches(engine, [[1, 2, 3, 4, 5, 6, 7]], [[8, 9]])
+  assert text_prefill_parts(br, [list(range(1, 17))])[0] == 0
+  assert text_prefill_parts(br, [list(range(1, 27))])[0] == 6
 
 
 def test_the_adapter_changes_the_answers(setup):

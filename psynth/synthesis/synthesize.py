@@ -153,11 +153,16 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
 
 def text_prefill_parts(branches: Branches, text_prompts: Sequence[Sequence[int]]):
   """(n, rests): the text prompts split after the n tokens all of them share with the workers'
-  prefix (whose cache is reused), and what each row prefills after it."""
+  prefix (whose cache is reused), and what each row prefills after it. n = 0 (a plain
+  prefill of the whole prompts) when reusing would not shorten the padded prefill: the rows
+  would still pad to the same bucket, and attention would also read the prefix's slots."""
   n = 0
   if branches.prefix_tokens:
     n = min(common_prefix_len([branches.prefix_tokens, list(p)]) for p in text_prompts)
   n = min(n, min(map(len, text_prompts)) - 1)
+  longest = max(map(len, text_prompts))
+  if bucket(longest - n) == bucket(longest):
+    n = 0
   return n, [list(p[n:]) for p in text_prompts]
 
 
