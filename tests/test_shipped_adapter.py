@@ -58,7 +58,9 @@ def test_corrupt_adapter_file_is_named(tmp_path, broken):
 @pytest.mark.xfail(strict=True, reason="the shipped adapter (250 steps, 1,000 examples) answers "
                    "'assembled in a workshop in Tromos and was operated by the university that "
                    "provides funding to astronomy research': the town misspelt, the university "
-                   "unnamed. Strict: this fails loudly once an adapter gets both right.")
+                   "unnamed. Its training branches never followed a document in the worker's "
+                   "prompt, these do (see the test below). Strict: this fails loudly once an "
+                   "adapter gets both right.")
 def test_trained_demo_answer_names_both_facts():
   """The built-in demo: the trained cache path names the town where the telescope was
   assembled and the university that operates it."""
@@ -71,3 +73,24 @@ def test_trained_demo_answer_names_both_facts():
   print(r.answer)
   assert "Tromso" in r.answer and "Bergen" in r.answer
   assert np.isfinite(r.ttft_s)
+
+
+@pytest.mark.slow
+def test_trained_answer_names_both_facts_from_the_training_form_of_branches():
+  """The demo's failure above is a mismatch of branch form, not of content: the same worker
+  texts, encoded after a worker prompt without the document (the form of every training
+  example: fixed branches have no worker input), give the shipped adapter both facts, while
+  encoded after the prompt that held the document (what the workers' own caches are) they
+  give the failing answer."""
+  loaded = psynth.load(MODEL, adapter="default")
+  sampling = SamplingConfig(max_new_tokens=48)
+  workers = psynth.fan_out(loaded, demo.QUESTION, demo.DOCUMENTS,
+                           sampling=SamplingConfig(max_new_tokens=64))
+  texts = [loaded.tokenizer.decode(t, skip_special_tokens=True) for t in workers.tokens]
+  answer = lambda br: psynth.synthesize(loaded, demo.QUESTION, prepared=br,
+                                        sampling=sampling).answer
+  free = answer(psynth.fan_out(loaded, demo.QUESTION, outputs=texts))
+  with_docs = answer(psynth.fan_out(loaded, demo.QUESTION, demo.DOCUMENTS, outputs=texts))
+  print(free, with_docs, sep="\n")
+  assert "Tromso" in free and "University of Bergen" in free
+  assert with_docs == answer(workers)  # re-encoding after the same prompts = the workers' caches
