@@ -202,7 +202,7 @@ def option_replies(loaded: Loaded, task: Task, items: Sequence[Item], method: st
   def score():
     t0 = time.perf_counter()
     lp = continuation_logprobs(loaded.engine, heads, conts, counts=counts, method=method,
-                               branches=None if method == "single" else branches, mode=mode,
+                               branches=branches, mode=mode,
                                adapter=adapter if method == "psynth" else None)
     return lp, time.perf_counter() - t0
 

@@ -65,18 +65,17 @@ def _plain(graphdef, state, prefix, heads, head_positions, last, *tail_args, att
 @functools.partial(jax.jit, static_argnames=("graphdef", "mapper_graphdef", "lora"))
 def _merged(graphdef, state, mapper_graphdef, mapper_state, branches, rows, lengths_HxN,
             starts_HxN, heads, head_positions, last, *tail_args, lora):
-  """naive / psynth: each prompt prefilled once on its example's branches, re-encoded and
-  merged lazily (as for the synthesizer's first token); the continuations then read the
-  merged branches (materialized once: rows repeat them) and the prompt's own slots."""
+  """naive / psynth: each example's branches re-encoded, mapped and merged once (eagerly: the
+  prompt and every continuation row read them), each prompt prefilled on them, then the
+  continuations after the merged branches and the prompt's own slots."""
   model = nnx.merge(graphdef, state)
   cfg = model.config
   branches, inv_freq, mapper = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
                                              lengths_HxN, starts_HxN, cfg.rope, cfg.head_dim)
-  merged, view = reencode.lazy_merge(branches, starts_HxN, inv_freq, mapper, lengths_HxN)
+  merged = reencode.merge(branches, starts_HxN, inv_freq, mapper, lengths_HxN)
   logits, head = forward(model, heads, head_positions, merged, logits_at=last[:, None],
-                         lora=lora, cache_view=view, write=False)
-  eager = reencode.merge(branches, starts_HxN, inv_freq, mapper, lengths_HxN)
-  return _tails(model, ops.concat_slots(eager, head), logits[:, 0], *tail_args, lora=lora)
+                         lora=lora, write=False)
+  return _tails(model, ops.concat_slots(merged, head), logits[:, 0], *tail_args, lora=lora)
 
 
 def _layout(heads: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
