@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
       out_dir="runs/data/smollm2_135m", builders=(), num_branches=3, seed=0,
       limit_per_source=200,  # records per builder; 0 = all
       val_fraction=0.1, max_branch_words=64, distill_fraction=0.25,
+      # Of the fixed-branch examples, copied as notes a worker wrote after reading each branch
+      # inside a longer document (the caches of a real fan-out; `psynth.data.documented`).
+      documented_fraction=0.5,
       generate=True,  # False: build the example files only
       worker_max_new_tokens=48, max_new_tokens=32,  # the generated kinds' workers / answers
       batch_examples=4, max_branch_tokens=112, max_target_tokens=48))

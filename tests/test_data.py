@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from psynth.data import build, facts, fixed, procedural, seeds, sources
+from psynth.data import build, documented, facts, fixed, procedural, seeds, sources
 from psynth.synthesis.prompts import ONE_SENTENCE, YES_NO, with_format
 from psynth.data.branches import _filled, generate_branches, load_examples
 from psynth.data.chunks import fit_paragraph
@@ -130,8 +130,10 @@ def test_build_is_deterministic_and_split_by_question(built, tmp_path):
   assert len({e.id for e in examples}) == len(examples)
   assert {e.source for e in val} == {e.source for e in train}  # every source held out a little
   for e in examples:
-    if e.meta.get("fixed"):  # finished branches, N drawn per record
-      assert e.branch_inputs == [""] * len(e.branch_outputs) and 2 <= len(e.branch_outputs) <= 8
+    if e.meta.get("fixed"):  # finished branches, N drawn per record; documents for copies
+      docs = e.branch_inputs if e.meta.get("documented") else [""] * len(e.branch_outputs)
+      assert e.branch_inputs == docs and 2 <= len(e.branch_outputs) <= 8
+      assert all(o in d for o, d in zip(e.branch_outputs, docs) if d), e.id
       assert not any(map(is_empty_branch, e.branch_outputs)), e.id
     else:
       assert len(e.branch_inputs) == 3 and all(e.branch_inputs)
@@ -188,8 +190,8 @@ FIXED_BUILDERS = tuple(b for b in build.DEFAULT_BUILDERS if b.startswith("fixed_
 
 @pytest.fixture(scope="module")
 def fixed_examples():
-  return build.build_examples(build.BuildConfig(builders=FIXED_BUILDERS, limit_per_source=200),
-                              DATA)
+  return build.build_examples(build.BuildConfig(builders=FIXED_BUILDERS, limit_per_source=200,
+                                                documented_fraction=0.0), DATA)
 
 
 def test_fixed_examples_hold_their_evidence_in_the_answer_branches(fixed_examples):
@@ -236,6 +238,39 @@ def test_fixed_examples_hold_their_evidence_in_the_answer_branches(fixed_example
   n_facts = {len(e.branch_outputs) for e in fixed_examples if e.meta["builder"] == "fixed_facts"}
   assert n_facts == set(range(2, 9))
   assert 0.1 < sum(first_sentence) / len(first_sentence) < 0.9  # a random place in its branch
+
+
+def test_documented_copies_keep_the_evidence_as_notes_on_longer_documents(fixed_examples):
+  docs = fixed.real_documents(DATA)
+  copies = documented.documented_copies(fixed_examples, 1.0, 0, docs)
+  assert len(copies) == len(fixed_examples)
+  context = []  # words of real text around each branch's evidence
+  for ex, c in zip(fixed_examples, copies):
+    assert c.id == f"{ex.id}/documented" and c.meta == dict(ex.meta, documented=True)
+    assert (c.kind, c.question, c.target, c.branch_outputs) == (
+        ex.kind, ex.question, ex.target, ex.branch_outputs)
+    for doc, note in zip(c.branch_inputs, c.branch_outputs):
+      assert note in doc
+      context.append(len(doc.split()) - len(note.split()))
+  assert 0 <= min(context) and max(context) <= 2 * documented.CONTEXT_WORDS[1]
+  assert 0.65 < sum(n > 0 for n in context) / len(context) < 0.85  # 3 in 4 have some
+  half = documented.documented_copies(fixed_examples, 0.5, 0, docs)
+  assert 0.4 < len(half) / len(copies) < 0.6
+  assert all(h.to_json() == copies[[c.id for c in copies].index(h.id)].to_json() for h in half)
+  with pytest.raises(ValueError, match="'x' is not a fixed-branch example"):
+    documented.documented_copy(Example("x", "context", "s", "q", ["a"], "t", ["a"]), docs,
+                               seeds.rng(0))
+  with pytest.raises(ValueError, match=r"documented_fraction=1.5; must be in \[0, 1\]"):
+    build.BuildConfig(documented_fraction=1.5)
+  # The default build adds them, in the same groups as their originals (so the split keeps a
+  # copy with its original, and the leakage test below sees their questions).
+  built = build.build_examples(build.BuildConfig(builders=("fixed_facts",), limit_per_source=40),
+                               DATA)
+  copied = [e for e in built if e.meta.get("documented")]
+  assert 10 < len(copied) < 30 and len(built) == 40 + len(copied)
+  originals = {e.id: e for e in built}
+  assert all(originals[e.id.removesuffix("/documented")].meta["group"] == e.meta["group"]
+             for e in copied)
 
 
 def test_procedural_fixed_families_scale_and_never_ask_an_eval_question():

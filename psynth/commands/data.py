@@ -26,6 +26,7 @@ def main(cfg, args: list[str] = ()) -> dict:
                          limit_per_source=d.limit_per_source, val_fraction=d.val_fraction,
                          max_branch_words=d.max_branch_words,
                          distill_fraction=d.distill_fraction,
+                         documented_fraction=d.documented_fraction,
                          builders=tuple(d.builders) or DEFAULT_BUILDERS)
   for split, c in counts.items():
     log.info("%s: %d examples %s", split, sum(c.values()), c)

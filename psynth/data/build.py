@@ -9,6 +9,10 @@ Builders (`BUILDERS`) are named by what they make; each reads its records once a
 or the other builders do. The split holds out whole groups (a group = one source question, with
 all its kinds and its distill copy), a seeded `val_fraction` of every source's groups.
 
+Documented copies (`documented.py`): a seeded `documented_fraction` of the fixed-branch
+examples again, each branch's evidence now the notes of a worker that read it inside a longer
+document (the form a real fan-out's caches have).
+
 `num_branches` is the N of the builders whose workers still have to run; the fixed-branch ones
 (`fixed_*`, see `fixed.py`) draw N in 2..8 per record. `DEFAULT_BUILDERS` is every builder
 but `dbot_context`.
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from psynth import atomic
-from psynth.data import fixed, procedural, real_tasks, seeds, sources
+from psynth.data import documented, fixed, procedural, real_tasks, seeds, sources
 from psynth.data.chunks import clean
 from psynth.data.example import Example
 
@@ -99,6 +103,7 @@ class BuildConfig:
   val_fraction: float = 0.1
   max_branch_words: int = 120  # per branch input (~170 SmolLM2 tokens)
   distill_fraction: float = 0.25  # of the non-procedural examples, copied as `distill`
+  documented_fraction: float = 0.5  # of the fixed-branch examples, copied with documents
   builders: tuple[str, ...] = DEFAULT_BUILDERS
 
   def __post_init__(self):
@@ -111,13 +116,16 @@ class BuildConfig:
     if not 0 <= self.val_fraction < 1 or not 0 <= self.distill_fraction <= 1:
       raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1) and distill_fraction="
                        f"{self.distill_fraction} in [0, 1]")
+    if not 0 <= self.documented_fraction <= 1:
+      raise ValueError(f"documented_fraction={self.documented_fraction}; must be in [0, 1]")
     if self.limit_per_source < 0 or self.max_branch_words < 8:
       raise ValueError(f"limit_per_source={self.limit_per_source} must be >= 0 (0 = all) and "
                        f"max_branch_words={self.max_branch_words} >= 8")
 
 
 def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Example]:
-  """Every builder's examples (builders in order, records in seeded order), then distill copies."""
+  """Every builder's examples (builders in order, records in seeded order), then distill and
+  documented copies."""
   out: list[Example] = []
   for name in cfg.builders:
     items = BUILDERS[name](root)
@@ -132,7 +140,10 @@ def build_examples(cfg: BuildConfig, root: str | Path | None = None) -> list[Exa
         ex.meta["builder"] = name
         out.append(ex)
         made += 1
-  return out + distill_copies(out, cfg.distill_fraction, cfg.seed)
+  docs = (fixed.real_documents(root) if cfg.documented_fraction
+          and any(ex.meta.get("fixed") for ex in out) else ())
+  return (out + distill_copies(out, cfg.distill_fraction, cfg.seed)
+          + documented.documented_copies(out, cfg.documented_fraction, cfg.seed, docs))
 
 
 def distill_copies(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
@@ -175,10 +186,11 @@ def write_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
 def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, num_branches: int = 3,
                   seed: int = 0, limit_per_source: int = 200, val_fraction: float = 0.1,
                   max_branch_words: int = 120, distill_fraction: float = 0.25,
+                  documented_fraction: float = 0.5,
                   builders: Sequence[str] = DEFAULT_BUILDERS) -> dict[str, dict[str, int]]:
   """Writes out_dir/train.jsonl and out_dir/val.jsonl; returns {split: {builder/kind: count}}."""
   cfg = BuildConfig(num_branches, seed, limit_per_source, val_fraction, max_branch_words,
-                    distill_fraction, tuple(builders))
+                    distill_fraction, documented_fraction, tuple(builders))
   train, val = split(build_examples(cfg, data_dir), val_fraction, seed)
   out_dir = Path(out_dir)
   write_jsonl(out_dir / "train.jsonl", train)
@@ -189,6 +201,7 @@ def build_dataset(data_dir: str | Path | None, out_dir: str | Path, *, num_branc
 def count_by_builder(examples: Iterable[Example]) -> dict[str, int]:
   counts: dict[str, int] = {}
   for ex in examples:
-    key = f"{ex.meta.get('builder', ex.source)}/{ex.kind}"
+    form = "/documented" if ex.meta.get("documented") else ""
+    key = f"{ex.meta.get('builder', ex.source)}/{ex.kind}{form}"
     counts[key] = counts.get(key, 0) + 1
   return dict(sorted(counts.items()))

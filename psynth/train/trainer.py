@@ -376,11 +376,19 @@ class Trainer:
              target=cfg.data.max_target_tokens, batch=cfg.train.val_batch))
     scalars = val_accuracy.read_baselines(path, key)
     if scalars is None:
-      scalars = {"eval/naive_loss": self.evaluate(val_items, "naive"),
-                 "eval/text_loss": self.evaluate(val_items, "text")}
+      # Minutes on a CPU (each new inference shape compiles): say what runs and how long.
+      jobs = [("eval/naive_loss", lambda: self.evaluate(val_items, "naive")),
+              ("eval/text_loss", lambda: self.evaluate(val_items, "text"))]
       if acc_examples:
-        scalars.update({"eval/naive_accuracy": self.accuracy(acc_examples, "naive"),
-                        "eval/text_accuracy": self.accuracy(acc_examples, "text")})
+        jobs += [("eval/naive_accuracy", lambda: self.accuracy(acc_examples, "naive")),
+                 ("eval/text_accuracy", lambda: self.accuracy(acc_examples, "text"))]
+      scalars = {}
+      for name, job in jobs:
+        log.info("val baseline %s (%d val examples) ...", name,
+                 len(val_items) if name.endswith("loss") else len(acc_examples))
+        t0 = time.perf_counter()
+        scalars[name] = job()
+        log.info("val baseline %s = %.4f (%.0f s)", name, scalars[name], time.perf_counter() - t0)
       if jax.process_index() == 0:
         val_accuracy.write_baselines(path, key, scalars)
     else:

@@ -51,9 +51,9 @@ def replies(infer: Loaded, examples: Sequence[Example], method: str, adapter: Ad
     for k in range(0, len(members), batch):
       idx = members[k:k + batch]
       exs = [examples[i] for i in idx + [idx[-1]] * (batch - len(idx))]
-      fixed = all(ex.meta.get("fixed") for ex in exs)
-      br = fan_out_batch(infer, [ex.question for ex in exs],
-                         None if fixed else [ex.branch_inputs for ex in exs],
+      # Saved outputs, encoded after worker prompts on their inputs ("" for a fixed example's,
+      # its document for a documented copy's), as training encodes them.
+      br = fan_out_batch(infer, [ex.question for ex in exs], [ex.branch_inputs for ex in exs],
                          outputs=[ex.branch_outputs for ex in exs], min_branch_slots=branch_slots)
       res = synthesize_batch(infer, [ex.question for ex in exs], method=method, adapter=adapter,
                              prepared=br, sampling=SamplingConfig(max_new_tokens=max_new_tokens),
