@@ -55,12 +55,6 @@ def test_corrupt_adapter_file_is_named(tmp_path, broken):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped adapter (250 steps, 1,000 examples) answers "
-                   "'assembled in a workshop in Tromos and was operated by the university that "
-                   "provides funding to astronomy research': the town misspelt, the university "
-                   "unnamed. Its training branches never followed a document in the worker's "
-                   "prompt, these do (see the test below). Strict: this fails loudly once an "
-                   "adapter gets both right.")
 def test_trained_demo_answer_names_both_facts():
   """The built-in demo: the trained cache path names the town where the telescope was
   assembled and the university that operates it."""
@@ -76,12 +70,11 @@ def test_trained_demo_answer_names_both_facts():
 
 
 @pytest.mark.slow
-def test_trained_answer_names_both_facts_from_the_training_form_of_branches():
-  """The demo's failure above is a mismatch of branch form, not of content: the same worker
-  texts, encoded after a worker prompt without the document (the form of every training
-  example: fixed branches have no worker input), give the shipped adapter both facts, while
-  encoded after the prompt that held the document (what the workers' own caches are) they
-  give the failing answer."""
+def test_trained_answer_from_worker_texts_reencoded_after_their_documents():
+  """The worker texts re-encoded after the prompts that held their documents (the form of the
+  documented training copies) reproduce the workers' own caches token for token, and the
+  trained answer from them names both facts. (Encoded after document-free prompts, the other
+  training form, this adapter names the town only: see its CARD.md.)"""
   loaded = psynth.load(MODEL, adapter="default")
   sampling = SamplingConfig(max_new_tokens=48)
   workers = psynth.fan_out(loaded, demo.QUESTION, demo.DOCUMENTS,
@@ -89,8 +82,9 @@ def test_trained_answer_names_both_facts_from_the_training_form_of_branches():
   texts = [loaded.tokenizer.decode(t, skip_special_tokens=True) for t in workers.tokens]
   answer = lambda br: psynth.synthesize(loaded, demo.QUESTION, prepared=br,
                                         sampling=sampling).answer
-  free = answer(psynth.fan_out(loaded, demo.QUESTION, outputs=texts))
   with_docs = answer(psynth.fan_out(loaded, demo.QUESTION, demo.DOCUMENTS, outputs=texts))
-  print(free, with_docs, sep="\n")
-  assert "Tromso" in free and "University of Bergen" in free
-  assert with_docs == answer(workers)  # re-encoding after the same prompts = the workers' caches
+  free = answer(psynth.fan_out(loaded, demo.QUESTION, outputs=texts))
+  print(with_docs, free, sep="\n")
+  assert "Tromso" in with_docs and "University of Bergen" in with_docs
+  assert with_docs == answer(workers)
+  assert "Tromso" in free
