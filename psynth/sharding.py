@@ -122,7 +122,12 @@ def cache_shardings(cache, mesh: Mesh, rules: Sequence[tuple] = DEFAULT_RULES):
   ahead-of-time compile assumes)."""
   named = lambda x, axes: NamedSharding(mesh, logical_spec(axes, rules, mesh, x.shape))
   rows = ("batch", "cache_seq")
-  return cache.replace(k=named(cache.k, cache.logical_axes), v=named(cache.v, cache.logical_axes),
+  if cache.is_per_layer:
+    kv = lambda arrays: tuple(named(a, cache.layer_axes) for a in arrays)
+    k, v = kv(cache.k), kv(cache.v)
+  else:
+    k, v = named(cache.k, cache.logical_axes), named(cache.v, cache.logical_axes)
+  return cache.replace(k=k, v=v,
                        positions=named(cache.positions, rows), valid=named(cache.valid, rows),
                        end=NamedSharding(mesh, PartitionSpec()))
 

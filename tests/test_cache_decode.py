@@ -36,6 +36,31 @@ def test_prefill_then_decode_equals_full_forward(name, tiny_checkpoint):
   assert np.asarray(cache.valid).sum() == 2 * (T + k)
 
 
+def test_decode_on_a_per_layer_cache_equals_the_stacked_cache(tiny_checkpoint):
+  """The decode loop's storage (`KVCache.per_layer`) gives the stacked cache's logits and
+  K/V, and converts back bit for bit."""
+  path, _ = tiny_checkpoint("llama_gqa")
+  cfg = ModelConfig.from_hf(path)
+  model = load_params(cfg, path)
+  tokens, _, positions = padded_batch(cfg.vocab_size, [14, 9])
+  _, stacked = forward(model, tokens[:, :8], positions[:, :8], init_cache(cfg, 2, 32))
+  split = stacked.per_layer()
+  assert split.is_per_layer and len(split.k) == cfg.num_layers
+  assert split.k[0].shape == (2, 32, cfg.num_kv_heads, cfg.head_dim)
+  assert (split.num_layers, split.batch, split.slots) == (stacked.num_layers, 2, 32)
+  for i in range(8, 14):
+    a, stacked = forward(model, tokens[:, i:i + 1], positions[:, i:i + 1], stacked)
+    b, split = forward(model, tokens[:, i:i + 1], positions[:, i:i + 1], split)
+    assert split.is_per_layer
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-6
+  back = split.stacked()
+  for x, y in [(back.k, stacked.k), (back.v, stacked.v), (back.valid, stacked.valid),
+               (back.positions, stacked.positions), (back.end, stacked.end)]:
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
+  with pytest.raises(ValueError, match="stacked"):
+    forward(model, tokens[:, :1], positions[:, :1], split, scan=True)
+
+
 def test_bf16_runs_close_to_fp32(tiny_checkpoint):
   path, _ = tiny_checkpoint("llama_gqa")
   tokens, _, positions = padded_batch(128, [20])

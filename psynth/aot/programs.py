@@ -174,7 +174,8 @@ def decode_program(mc: ModelConfig, settings: TrainSettings, sizes: Sizes, devic
   B = sizes.synth_batch
   slots = sizes.branches * sizes.branch_tokens + bucket(sizes.synth_prompt_tokens) + bucket(
       sizes.new_tokens)
-  cache = placed_cache(jax.eval_shape(lambda: init_cache(mc, B, slots)), mesh, rules)
+  # Stored per layer, as `Engine.decode_from` decodes.
+  cache = placed_cache(jax.eval_shape(lambda: init_cache(mc, B, slots).per_layer()), mesh, rules)
   rows = NamedSharding(mesh, sharding.logical_spec(("batch", None), rules, mesh))
   tok = jax.ShapeDtypeStruct((B, 1), jnp.int32, sharding=rows)
   key = jax.eval_shape(lambda: jax.random.key(0))

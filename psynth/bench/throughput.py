@@ -140,7 +140,7 @@ def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5):
   step = generate.decode_step(graphdef)
   cache = init_cache(c, batch, slots)
   cache = cache.replace(valid=jnp.ones_like(cache.valid).at[:, -8:].set(False),
-                        end=jnp.int32(slots - 8))
+                        end=jnp.int32(slots - 8)).per_layer()  # as `Engine.decode_from` runs
   tok = jnp.zeros((batch, 1), jnp.int32)
   pos = jnp.full((batch, 1), slots, jnp.int32)
   rest = (jax.random.key(0), jnp.float32(1), jnp.float32(1))
@@ -156,7 +156,7 @@ def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5):
   attention = c.num_layers * c.num_heads * E * 2 * slots
   weights = sum(x.nbytes for x in jax.tree.leaves(state))
   return (statistics.median(times[1:]), 2.0 * batch * (per_token + attention),
-          weights + cache.k.nbytes + cache.v.nbytes)
+          weights + sum(a.nbytes for a in (*cache.k, *cache.v)))
 
 
 def run(loaded: Loaded, examples: int = 64, branches: int = 3, batch: int = 64,

@@ -226,6 +226,8 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   cos, sin = rotary.cos_sin(positions_BxT, jnp.asarray(inv_freq), scale)
 
   run = _scanned_layers if scan or isinstance(model.layers, Block) else _unrolled_layers
+  if run is _scanned_layers and cache.is_per_layer:
+    raise ValueError("a scanned layer loop reads a stacked cache; pass cache.stacked()")
   x, new_k, new_v = run(model, x, cos, sin, positions_BxT, cache if attend_cache else None,
                         cache_view, lora, remat)
   if write:
@@ -235,8 +237,12 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                               valid=positions_BxT >= 0, end=jnp.int32(T))
   # The cache leaves laid out as it came (KV heads over the tensor axis), so a donated cache
   # is reused in place, step after step.
-  new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
-                                v=constrain(new_cache.v, new_cache.logical_axes))
+  if new_cache.is_per_layer:
+    lay = lambda kv: tuple(constrain(a, new_cache.layer_axes) for a in kv)
+    new_cache = new_cache.replace(k=lay(new_cache.k), v=lay(new_cache.v))
+  else:
+    new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
+                                  v=constrain(new_cache.v, new_cache.logical_axes))
 
   return _logits(model, x, positions_BxT, last_only, logits_at), new_cache
 
@@ -273,7 +279,9 @@ def _unrolled_layers(model: Transformer, x, cos, sin, positions, cache, cache_vi
   new_k, new_v = [], []
   for layer, blk in enumerate(model.layers):
     k_l = v_l = None
-    if cache is not None:
+    if cache is not None and cache.is_per_layer:
+      k_l, v_l = cache.k[layer], cache.v[layer]  # read in place, no copy
+    elif cache is not None:
       # Read when the layer runs: with a constant index, XLA's CPU scheduler hoisted all 30
       # layers' cache copies (re-laid out for the matmuls) to the start, all live at once.
       take = lambda a: jax.lax.dynamic_index_in_dim(a, layer + _zero_after(x), keepdims=False)
@@ -317,9 +325,15 @@ def _write(cache: KVCache, k_LxBxTxKxE, v_LxBxTxKxE, positions_BxT, x) -> KVCach
   # come first and copied the whole cache before writing (each decode step, donated or not).
   at = (zero, zero, end + _zero_after(x), zero, zero)
   T = positions_BxT.shape[1]
+  if cache.is_per_layer:
+    put = lambda layers, new: tuple(jax.lax.dynamic_update_slice(a, n, at[1:])
+                                    for a, n in zip(layers, new))
+    k, v = put(cache.k, k_LxBxTxKxE), put(cache.v, v_LxBxTxKxE)
+  else:
+    k = jax.lax.dynamic_update_slice(cache.k, k_LxBxTxKxE, at)
+    v = jax.lax.dynamic_update_slice(cache.v, v_LxBxTxKxE, at)
   return cache.replace(
-      k=jax.lax.dynamic_update_slice(cache.k, k_LxBxTxKxE, at),
-      v=jax.lax.dynamic_update_slice(cache.v, v_LxBxTxKxE, at),
+      k=k, v=v,
       positions=jax.lax.dynamic_update_slice(cache.positions, positions_BxT, (zero, end)),
       valid=jax.lax.dynamic_update_slice(cache.valid, positions_BxT >= 0, (zero, end)),
       end=end + T)

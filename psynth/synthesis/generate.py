@@ -131,6 +131,12 @@ def _room_after(prefix: KVCache, own: KVCache, extra_slots: int) -> KVCache:
   return extend(concat_slots(prefix, own), extra_slots)
 
 
+# Decoding runs on the cache stored per layer (`KVCache.per_layer`: a step reads each layer's
+# slots where they are instead of copying them out of a stacked array); one copy each way.
+_per_layer = jax.jit(KVCache.per_layer)
+_stacked = jax.jit(KVCache.stacked)
+
+
 def decode_step(graphdef):
   """The jitted decode step: `(state, tokens [B, 1], positions, cache, key, temperature,
   top_p, *, greedy, lora) -> (next tokens [B], cache)`, the cache donated."""
@@ -273,12 +279,18 @@ class Engine:
       key, sub = jax.random.split(key)
       if callable(cache):
         cache = cache()
+      if not cache.is_per_layer:
+        with self.placed():
+          cache = _per_layer(cache)
       with self.placed():
         tok, cache = self.decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub,
                                  temp, top_p, greedy, lora)
       tok = np.asarray(tok)
       if last:
         break  # that step only wrote the final tokens' K/V (keep_cache)
+    if keep_cache and cache.is_per_layer:
+      with self.placed():
+        cache = _stacked(cache)
     return Generation(out, ttft, time.perf_counter() - t0, cache if keep_cache else None)
 
   def fill_cache(self, cache: KVCache, tokens, positions, *, attend_cache: bool = True,
