@@ -265,3 +265,28 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   # After the prompt's padded bucket: empty slots for the answer.
   assert not np.asarray(cache.valid)[:, n:].any()
   assert int(cache.end) == n - len(prompt) + bucket(len(prompt))
+
+
+def test_grouped_encoding_equals_one_prefill(tiny_checkpoint, monkeypatch):
+  """A batch over `GROUP_ROWS` rows is encoded in groups of similar output length, each in its
+  own bucket, and put back in row order: the same branch caches as one prefill of every row."""
+  from psynth.synthesis import fanout
+
+  model = _model(tiny_checkpoint)
+  engine = Engine(model)
+  rng = np.random.RandomState(7)
+  shared = rng.randint(0, 128, 6).tolist()
+  prompts = [shared + rng.randint(0, 128, rng.randint(2, 9)).tolist() for _ in range(7)]
+  outputs = [rng.randint(0, 128, n).tolist() for n in (3, 40, 5, 17, 2, 33, 9)]
+  one = encode_branches(engine, prompts, outputs, min_slots=8)
+  monkeypatch.setattr(fanout, "GROUP_ROWS", 3)
+  assert [len(g) for g in fanout.length_groups([len(o) for o in outputs], 3)] == [3, 3, 1]
+  grouped = encode_branches(engine, prompts, outputs, min_slots=8)
+  assert grouped.cache.k.shape == one.cache.k.shape
+  assert grouped.tokens == one.tokens and grouped.prefix_tokens == one.prefix_tokens == shared
+  np.testing.assert_array_equal(np.asarray(grouped.cache.valid), np.asarray(one.cache.valid))
+  valid = np.asarray(one.cache.valid)
+  np.testing.assert_array_equal(np.asarray(grouped.cache.positions)[valid],
+                                np.asarray(one.cache.positions)[valid])
+  for a, b in [(grouped.cache.k, one.cache.k), (grouped.cache.v, one.cache.v)]:
+    assert np.abs(np.asarray(a)[:, valid] - np.asarray(b)[:, valid]).max() <= 1e-5

@@ -93,6 +93,13 @@ def concat_slots(a: KVCache, b: KVCache) -> KVCache:
                    end=jnp.int32(a.slots + b.slots))
 
 
+def concat_rows(caches: list[KVCache]) -> KVCache:
+  """The rows of every cache, in turn (same slots; `end` of the first)."""
+  cat = lambda name, axis: jnp.concatenate([getattr(c, name) for c in caches], axis=axis)
+  return caches[0].replace(k=cat("k", 1), v=cat("v", 1), positions=cat("positions", 0),
+                           valid=cat("valid", 0))
+
+
 def gather_rows(cache: KVCache, rows_R) -> KVCache:
   """Rows `rows_R` of the cache, in that order; a row index of -1 gives an empty row (no
   valid slot): how a batch pads examples that have fewer branches than the widest."""
