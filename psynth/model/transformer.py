@@ -235,16 +235,17 @@ def forward(model: Transformer, tokens_BxT: jax.Array, positions_BxT: jax.Array,
   else:
     new_cache = cache.replace(k=new_k, v=new_v, positions=positions_BxT,
                               valid=positions_BxT >= 0, end=jnp.int32(T))
-  # The cache leaves laid out as it came (KV heads over the tensor axis), so a donated cache
-  # is reused in place, step after step.
-  if new_cache.is_per_layer:
-    lay = lambda kv: tuple(constrain(a, new_cache.layer_axes) for a in kv)
-    new_cache = new_cache.replace(k=lay(new_cache.k), v=lay(new_cache.v))
-  else:
-    new_cache = new_cache.replace(k=constrain(new_cache.k, new_cache.logical_axes),
-                                  v=constrain(new_cache.v, new_cache.logical_axes))
+  return _logits(model, x, positions_BxT, last_only, logits_at), _laid_out(new_cache)
 
-  return _logits(model, x, positions_BxT, last_only, logits_at), new_cache
+
+def _laid_out(cache: KVCache) -> KVCache:
+  """The cache leaves laid out as they came (KV heads over the tensor axis), so a donated
+  cache is reused in place, step after step."""
+  if cache.is_per_layer:
+    lay = lambda kv: tuple(constrain(a, cache.layer_axes) for a in kv)
+    return cache.replace(k=lay(cache.k), v=lay(cache.v))
+  return cache.replace(k=constrain(cache.k, cache.logical_axes),
+                       v=constrain(cache.v, cache.logical_axes))
 
 
 def _logits(model: Transformer, x, positions_BxT, last_only: bool, at_BxJ=None) -> jax.Array:
