@@ -38,7 +38,7 @@ def test_prefill_then_decode_equals_full_forward(name, tiny_checkpoint):
 
 def test_decode_on_a_per_layer_cache_equals_the_stacked_cache(tiny_checkpoint):
   """The decode loop's storage (`KVCache.per_layer`) gives the stacked cache's logits and
-  K/V, and converts back bit for bit."""
+  K/V (to 1e-6), and converts back to the stacked form."""
   path, _ = tiny_checkpoint("llama_gqa")
   cfg = ModelConfig.from_hf(path)
   model = load_params(cfg, path)

@@ -52,11 +52,15 @@ class Branches:
     return [range(e - n, e) for e, n in zip(ends, self.counts)]
 
 
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> tuple[int, int]:
+  """(P, its bucket): the tokens every prompt shares, leaving each at least one of its own."""
+  P = max(min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1), 0)
+  return P, (bucket(P) if P else 0)
+
+
 def _prefix_and_cache(engine: Engine, prompts: Sequence[Sequence[int]], tail_slots: int):
   """Prefills the shared prefix once; returns (P, Pb, prefix cache, N-row cache, own parts)."""
-  P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
-  P = max(P, 0)
-  Pb = bucket(P) if P else 0
+  P, Pb = _shared_prefix(prompts)
   own = [list(p[P:]) for p in prompts]
   Ob = bucket(max(len(o) for o in own))
   cache = engine.new_cache(1, Pb + Ob + tail_slots)
@@ -130,8 +134,7 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   lens = np.array([len(p) for p in prompts], np.int32)
   Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   # The prefix every worker prompt shares, prefilled once for all groups.
-  P = max(min(common_prefix_len(prompts), int(lens.min()) - 1), 0)
-  Pb = bucket(P) if P else 0
+  P, Pb = _shared_prefix(prompts)
   prefix = None
   if P:
     prefix = engine.fill_cache(engine.new_cache(1, Pb), *right_pad([prompts[0][:P]], Pb),

@@ -279,10 +279,8 @@ class Engine:
       key, sub = jax.random.split(key)
       if callable(cache):
         cache = cache()
-      if not cache.is_per_layer:
-        with self.placed():
-          cache = _per_layer(cache)
       with self.placed():
+        cache = _per_layer(cache) if not cache.is_per_layer else cache
         tok, cache = self.decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub,
                                  temp, top_p, greedy, lora)
       tok = np.asarray(tok)
