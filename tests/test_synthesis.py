@@ -254,29 +254,32 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
                            ops.extend(moved, len(prompt)), lora=True)
   assert next_pos == start + len(prompt)
   assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-5
-  n = ref_cache.slots
-  valid = np.asarray(cache.valid)[:, :n]
-  np.testing.assert_array_equal(valid, np.asarray(ref_cache.valid))
-  np.testing.assert_array_equal(np.asarray(cache.positions)[:, :n][valid],
-                                np.asarray(ref_cache.positions)[valid])
+  # The decode cache holds the same valid slots in the same order, packed: the branches' 20
+  # tokens in bucket(20) slots (not 3 x 11), then the prompt in its bucket, then room.
+  got_valid, want_valid = np.asarray(cache.valid)[0], np.asarray(ref_cache.valid)[0]
+  np.testing.assert_array_equal(np.asarray(cache.positions)[0][got_valid],
+                                np.asarray(ref_cache.positions)[0][want_valid])
   for got, want in ((cache.k, ref_cache.k), (cache.v, ref_cache.v)):
-    diff = np.abs(np.asarray(got)[:, :, :n] - np.asarray(want))
-    assert diff[np.broadcast_to(valid[None, :, :, None, None], diff.shape)].max() <= 1e-5
-  # After the prompt's padded bucket: empty slots for the answer.
-  assert not np.asarray(cache.valid)[:, n:].any()
-  assert int(cache.end) == n - len(prompt) + bucket(len(prompt))
+    diff = np.asarray(got)[:, 0][:, got_valid] - np.asarray(want)[:, 0][:, want_valid]
+    assert np.abs(diff).max() <= 1e-5
+  pre = br.prefix.slots if P else 0  # the prefix's slots (its first P valid)
+  assert got_valid[pre:pre + 20].all() and not got_valid[pre + 20:pre + bucket(20)].any()
+  assert int(cache.end) == pre + bucket(20) + bucket(len(prompt))
+  assert not got_valid[int(cache.end):].any()
 
 
 def test_grouped_encoding_equals_one_prefill(tiny_checkpoint, monkeypatch):
   """A batch over `GROUP_ROWS` rows is encoded in groups of similar output length, each in its
-  own bucket, and put back in row order: the same branch caches as one prefill of every row."""
+  own bucket, and put back in row order, each distinct worker prompt prefilled once: the same
+  branch caches as one prefill of every row, and as each row encoded alone."""
   from psynth.synthesis import fanout
 
   model = _model(tiny_checkpoint)
   engine = Engine(model)
   rng = np.random.RandomState(7)
   shared = rng.randint(0, 128, 6).tolist()
-  prompts = [shared + rng.randint(0, 128, rng.randint(2, 9)).tolist() for _ in range(7)]
+  distinct = [shared + rng.randint(0, 128, rng.randint(2, 9)).tolist() for _ in range(4)]
+  prompts = [distinct[i] for i in (0, 1, 1, 2, 3, 3, 3)]  # examples' branches share a prompt
   outputs = [rng.randint(0, 128, n).tolist() for n in (3, 40, 5, 17, 2, 33, 9)]
   one = encode_branches(engine, prompts, outputs, min_slots=8)
   monkeypatch.setattr(fanout, "GROUP_ROWS", 3)
@@ -290,3 +293,10 @@ def test_grouped_encoding_equals_one_prefill(tiny_checkpoint, monkeypatch):
                                 np.asarray(one.cache.positions)[valid])
   for a, b in [(grouped.cache.k, one.cache.k), (grouped.cache.v, one.cache.v)]:
     assert np.abs(np.asarray(a)[:, valid] - np.asarray(b)[:, valid]).max() <= 1e-5
+  for i, (p, o) in enumerate(zip(prompts, outputs)):
+    alone = encode_branches(engine, [p], [o])
+    n = len(o)
+    assert np.abs(np.asarray(alone.cache.k)[:, 0, :n] - np.asarray(grouped.cache.k)[:, i, :n]
+                  ).max() <= 1e-5
+    assert np.abs(np.asarray(alone.cache.v)[:, 0, :n] - np.asarray(grouped.cache.v)[:, i, :n]
+                  ).max() <= 1e-5

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from psynth.synthesis.pipeline import fan_out_batch, synthesize_batch
 
 if TYPE_CHECKING:  # the front door sits above this module
   from psynth.loading import Loaded
+
+log = logging.getLogger(__name__)
 
 METHODS = ("text", "naive", "psynth")
 
@@ -162,12 +165,18 @@ def decode_step(loaded: Loaded, batch: int, slots: int, repeats: int = 5):
 def run(loaded: Loaded, examples: int = 64, branches: int = 3, batch: int = 64,
         answer_tokens: int = 48, runs: int = 2, root=None) -> Result:
   questions, texts = workload(examples, branches, root)
-  first_seq = _pass(loaded, questions, texts, 1, answer_tokens)
-  first_bat = _pass(loaded, questions, texts, batch, answer_tokens)
+
+  def timed(label: str, rows: int):
+    out = _pass(loaded, questions, texts, rows, answer_tokens)
+    log.info("%s, %d rows per call: %.1f s", label, rows, out[0])
+    return out
+
+  first_seq = timed("first pass (compiles), one at a time", 1)
+  first_bat = timed("first pass (compiles), batched", batch)
   seq, bat = [], []
-  for _ in range(runs):  # interleaved: both see the same share of a noisy machine
-    seq.append(_pass(loaded, questions, texts, 1, answer_tokens))
-    bat.append(_pass(loaded, questions, texts, batch, answer_tokens))
+  for r in range(runs):  # interleaved: both see the same share of a noisy machine
+    seq.append(timed(f"warm pass {r + 1}/{runs}, one at a time", 1))
+    bat.append(timed(f"warm pass {r + 1}/{runs}, batched", batch))
   seq_s = statistics.median(r[0] for r in seq)
   bat_s = statistics.median(r[0] for r in bat)
   same, diffs = 0, []

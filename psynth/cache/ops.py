@@ -85,6 +85,18 @@ def truncate(cache: KVCache, n: int) -> KVCache:
   return cache.replace(valid=cache.valid & keep[None, :], end=jnp.int32(min(n, cache.slots)))
 
 
+def pack_slots(cache: KVCache, slots: int) -> KVCache:
+  """Each row's valid slots moved to its front (in their order), the cache cut to `slots`
+  slots. A batch's merged cache pads every branch to the batch's longest; packed, decoding
+  reads only what a row holds. Every row must have at most `slots` valid slots."""
+  order_BxS = jnp.argsort((~cache.valid).astype(jnp.int8), axis=1, stable=True)[:, :slots]
+  kv = lambda a: jnp.take_along_axis(a, order_BxS[None, :, :, None, None], axis=2)
+  return cache.replace(k=kv(cache.k), v=kv(cache.v),
+                       positions=jnp.take_along_axis(cache.positions, order_BxS, axis=1),
+                       valid=jnp.take_along_axis(cache.valid, order_BxS, axis=1),
+                       end=jnp.int32(slots))
+
+
 def concat_slots(a: KVCache, b: KVCache) -> KVCache:
   """a's slots, then b's (same batch): e.g. a real shared prefix before merged branches."""
   cat = lambda x, y, axis: jnp.concatenate([x, y], axis=axis)

@@ -93,11 +93,12 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
                   time.perf_counter() - t0, tuple(counts))
 
 
-# A batch of more branch rows than this is encoded in groups of rows of similar length, each
-# padded to its own bucket: one bucket for all would pad short outputs to the longest (a
-# 64-example fan-out of the throughput bench: 36,864 padded tokens for 20,211 real ones;
-# groups of 64: 28,672). Smaller batches (an evaluation's) keep one prefill, one shape.
-GROUP_ROWS = 64
+# A batch of more branch rows than this has its outputs prefilled in groups of rows of
+# similar length, each padded to its own bucket: one bucket for all pads short outputs to the
+# longest. Worker prompts are prefilled once each, whatever the group (an example's branches
+# often share one). The throughput bench's 64 examples (192 rows, 20,211 real tokens):
+# 36,864 padded tokens in one prefill, 13,184 this way (results/throughput_smollm2_135m.md).
+GROUP_ROWS = 32
 
 
 def length_groups(lengths: Sequence[int], size: int) -> list[np.ndarray]:
@@ -130,18 +131,12 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                      f"({len(prompts[too_long[0]]) + len(outputs[too_long[0]])} tokens) does "
                      f"not fit the {engine.config.max_position_embeddings}-token context")
   t0 = time.perf_counter()
-  R = len(prompts)
   lens = np.array([len(p) for p in prompts], np.int32)
-  Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
-  # The prefix every worker prompt shares, prefilled once for all groups.
-  P, Pb = _shared_prefix(prompts)
-  prefix = None
-  if P:
-    prefix = engine.fill_cache(engine.new_cache(1, Pb), *right_pad([prompts[0][:P]], Pb),
-                               attend_cache=False)
+  slots = max(bucket(max(len(o) for o in outputs)), min_slots)
+  P, Pb, Ob, prefix, prompt_cache, prompt_row = _prompt_caches(engine, prompts)
   groups = length_groups([len(o) for o in outputs], GROUP_ROWS)
-  parts = [_encode_rows(engine, [prompts[i] for i in g], [outputs[i] for i in g], min_slots,
-                        P, Pb, prefix, Gb) for g in groups]
+  parts = [_encode_outputs(engine, prompt_cache, prompt_row[g], [outputs[i] for i in g],
+                           lens[g], Pb + Ob, slots) for g in groups]
   if len(parts) == 1:
     branch = parts[0]
   else:
@@ -152,30 +147,54 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                   time.perf_counter() - t0, tuple(counts))
 
 
-def _encode_rows(engine: Engine, prompts, outputs, min_slots: int, P: int, Pb: int,
-                 prefix: KVCache | None, slots: int) -> KVCache:
-  """One group's branch caches `[layers, rows, slots, ...]`: its prompts' own parts prefilled
-  after the shared prefix, then its outputs, in buckets of this group's lengths."""
-  R = len(prompts)
-  # Rows padded to a bucket with copies of row 0 (dropped after): a few compiled shapes
-  # whatever the number of branches of a batch of examples.
-  pad = lambda rows: list(rows) + [rows[0]] * (bucket(R, minimum=1) - R)
-  prompts, outputs = pad(prompts), pad(outputs)
-  lens = np.array([len(p) for p in prompts], np.int32)
-  own = [list(p[P:]) for p in prompts]
+def _pad_rows(rows: list) -> list:
+  """Rows padded to a bucket with copies of row 0 (dropped after): a few compiled shapes
+  whatever the number of rows."""
+  return rows + [rows[0]] * (bucket(len(rows), minimum=1) - len(rows))
+
+
+def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
+  """Each distinct worker prompt prefilled once, after the prefix all of them share:
+  (P, Pb, Ob, prefix cache or None, `[layers, U, Pb + Ob, ...]` cache, each prompt's row in it)."""
+  P, Pb = _shared_prefix(prompts)
+  prefix = None
+  if P:
+    prefix = engine.fill_cache(engine.new_cache(1, Pb), *right_pad([prompts[0][:P]], Pb),
+                               attend_cache=False)
+  distinct: dict[tuple, int] = {}
+  prompt_row = np.array([distinct.setdefault(tuple(p[P:]), len(distinct)) for p in prompts])
+  own = _pad_rows([list(o) for o in distinct])
   Ob = bucket(max(len(o) for o in own))
-  Gb = max(bucket(max(len(o) for o in outputs)), min_slots)
   if prefix is None:
-    cache = engine.new_cache(len(prompts), Ob + Gb)
+    cache = engine.new_cache(len(own), Ob)
   else:
     with engine.placed():
-      cache = _rows_after(prefix, len(prompts), Ob + Gb)
+      cache = _rows_after(prefix, len(own), Ob)
   cache = engine.fill_cache(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
+  return P, Pb, Ob, prefix, cache, prompt_row
+
+
+def _encode_outputs(engine: Engine, prompt_cache: KVCache, prompt_row, outputs, lens,
+                    start: int, slots: int) -> KVCache:
+  """One group's branch caches `[layers, rows, slots, ...]`: its outputs prefilled (in the
+  bucket of its longest) after their prompts' cached rows, whose slots end at `start`."""
+  R = len(outputs)
+  outputs, rows = _pad_rows(list(outputs)), _pad_rows(list(prompt_row))
+  lens = np.asarray(_pad_rows(list(lens)), np.int32)
+  Gb = bucket(max(len(o) for o in outputs))
+  with engine.placed():
+    cache = _gathered_rows(prompt_cache, np.asarray(rows, np.int32), Gb)
   cache = engine.fill_cache(cache, *right_pad(outputs, Gb, start=lens))
-  branch = ops.first_rows(ops.take_slots(cache, Pb + Ob, Gb), R)
-  if Gb < slots:  # a group of shorter outputs: empty slots up to the batch's branch length
+  branch = ops.first_rows(ops.take_slots(cache, start, Gb), R)
+  if Gb < slots:  # shorter outputs: empty slots up to the batch's branch length (or min_slots)
     branch = ops.extend(branch, slots - Gb).replace(end=jnp.int32(slots))
   return branch
+
+
+@functools.partial(jax.jit, static_argnames="extra")
+def _gathered_rows(cache: KVCache, rows_R, extra: int) -> KVCache:
+  """Rows `rows_R` of `cache`, `extra` empty slots after each (writing resumes there)."""
+  return ops.extend(ops.gather_rows(cache, rows_R), extra)
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "extra"))

@@ -84,15 +84,18 @@ def first_logits(graphdef, state, mapper_graphdef, mapper_state, branches: KVCac
 
 
 @functools.partial(jax.jit, static_argnames=("rope_cfg", "head_dim", "mapper_graphdef",
-                                             "extra_slots"))
+                                             "branch_slots", "extra_slots"))
 def _decode_cache(rope_cfg, head_dim, mapper_graphdef, mapper_state, branches: KVCache, rows,
                   lengths_BxN, starts_BxN, prefix: KVCache | None, own: KVCache, *,
-                  extra_slots: int) -> KVCache:
-  """The merged cache decoding continues from: re-encoded, mapped branches (after the prefix),
-  then the prompts' K/V, then `extra_slots` empty slots; its `end` is after the prompts."""
+                  branch_slots: int, extra_slots: int) -> KVCache:
+  """The merged cache decoding continues from: re-encoded, mapped branches (after the prefix)
+  packed into `branch_slots` slots, then the prompts' K/V, then `extra_slots` empty slots;
+  its `end` is after the prompts."""
   branches, inv_freq, mapper = _merge_inputs(mapper_graphdef, mapper_state, branches, rows,
                                              lengths_BxN, starts_BxN, rope_cfg, head_dim)
   merged = reencode.merge(branches, starts_BxN, inv_freq, mapper, lengths_BxN)
+  # Every branch has the slots of the batch's longest; each decode step would read them all.
+  merged = ops.pack_slots(merged, branch_slots)
   if prefix is not None:  # after_prefix: the real shared prefix sits before the branches
     merged = ops.concat_slots(ops.tile_rows(prefix, own.batch), merged)
   return ops.extend(ops.concat_slots(merged, own), extra_slots)
@@ -142,11 +145,14 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
     logits, own = first_logits(engine.graphdef, engine.state, m_graphdef, m_state, *args,
                                tokens, positions, lora=adapter.lora)
   cfg = engine.config
+  # The most branch tokens of any row, in a bucket (a few decode shapes), at most N*S.
+  branch_slots = min(bucket(int(lengths_BxN.sum(1).max())),
+                     lengths_BxN.shape[1] * branches.cache.slots)
 
   def decode_cache():
     with engine.placed():
       return _decode_cache(cfg.rope, cfg.head_dim, m_graphdef, m_state, *args, own,
-                           extra_slots=bucket(max_new_tokens))
+                           branch_slots=branch_slots, extra_slots=bucket(max_new_tokens))
 
   return logits, decode_cache, synth_start_B + np.array([len(p) for p in rest])
 
