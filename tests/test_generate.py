@@ -33,6 +33,28 @@ def test_greedy_batch_matches_hf_generate(tiny):
     assert got == ref
 
 
+def test_length_groups_prefill_equals_one_batch(tiny, monkeypatch):
+  """Past `GROUP_ROWS` rows, prompts are prefilled in groups of similar length, each in its own
+  bucket, and decoded as one batch: the same greedy tokens as one prefill, the same seeded
+  samples, and each row as HF generates it alone."""
+  from psynth.synthesis import generate
+
+  engine, hf = tiny
+  lengths = (3, 40, 5, 17, 2, 33, 9)
+  prompts = [[(7 * i + 3 * j) % 120 + 1 for j in range(n)] for i, n in enumerate(lengths)]
+  greedy, sampled = SamplingConfig(max_new_tokens=10), SamplingConfig(10, temperature=1.0, seed=3)
+  one = [engine.generate(prompts, s).tokens for s in (greedy, sampled)]
+  monkeypatch.setattr(generate, "GROUP_ROWS", 3)
+  assert [len(g) for g in generate.length_groups(lengths, 3)] == [3, 3, 1]
+  grouped = [engine.generate(prompts, s).tokens for s in (greedy, sampled)]
+  assert grouped == one and one[1] != one[0]  # sampling on: the same seeded draws
+  for prompt, got in zip(prompts, grouped[0]):
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                        eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert got == ref
+
+
 def test_eos_stops_a_row_and_excludes_the_stop_token(tiny):
   engine, _ = tiny
   prompts = [[5, 9, 17], [70, 2, 99]]

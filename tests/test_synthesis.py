@@ -272,7 +272,7 @@ def test_grouped_encoding_equals_one_prefill(tiny_checkpoint, monkeypatch):
   """A batch over `GROUP_ROWS` rows is encoded in groups of similar output length, each in its
   own bucket, and put back in row order, each distinct worker prompt prefilled once: the same
   branch caches as one prefill of every row, and as each row encoded alone."""
-  from psynth.synthesis import fanout
+  from psynth.synthesis import generate
 
   model = _model(tiny_checkpoint)
   engine = Engine(model)
@@ -282,8 +282,8 @@ def test_grouped_encoding_equals_one_prefill(tiny_checkpoint, monkeypatch):
   prompts = [distinct[i] for i in (0, 1, 1, 2, 3, 3, 3)]  # examples' branches share a prompt
   outputs = [rng.randint(0, 128, n).tolist() for n in (3, 40, 5, 17, 2, 33, 9)]
   one = encode_branches(engine, prompts, outputs, min_slots=8)
-  monkeypatch.setattr(fanout, "GROUP_ROWS", 3)
-  assert [len(g) for g in fanout.length_groups([len(o) for o in outputs], 3)] == [3, 3, 1]
+  monkeypatch.setattr(generate, "GROUP_ROWS", 3)
+  assert [len(g) for g in generate.length_groups([len(o) for o in outputs], 3)] == [3, 3, 1]
   grouped = encode_branches(engine, prompts, outputs, min_slots=8)
   assert grouped.cache.k.shape == one.cache.k.shape
   assert grouped.tokens == one.tokens and grouped.prefix_tokens == one.prefix_tokens == shared

@@ -22,7 +22,8 @@ import numpy as np
 
 from psynth.cache import ops
 from psynth.model.kv_cache import KVCache
-from psynth.synthesis.generate import Engine, SamplingConfig, bucket, right_pad
+from psynth.synthesis import generate
+from psynth.synthesis.generate import Engine, SamplingConfig, bucket, pad_rows, right_pad
 from psynth.synthesis.prompts import common_prefix_len
 
 
@@ -93,22 +94,11 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
                   time.perf_counter() - t0, tuple(counts))
 
 
-# A batch of more branch rows than this has its outputs prefilled in groups of rows of
-# similar length, each padded to its own bucket: one bucket for all pads short outputs to the
-# longest. Worker prompts are prefilled once each, whatever the group (an example's branches
-# often share one). The throughput bench's 64 examples (192 rows, 20,211 real tokens):
-# 36,864 padded tokens in one prefill, 13,184 this way (results/throughput_smollm2_135m.md).
-GROUP_ROWS = 32
-
-
-def length_groups(lengths: Sequence[int], size: int) -> list[np.ndarray]:
-  """Row indices sorted by length (stable), in groups of `size`; one group if they all fit."""
-  if len(lengths) <= size:
-    return [np.arange(len(lengths))]
-  order = np.argsort(np.asarray(lengths), kind="stable")
-  return [order[i:i + size] for i in range(0, len(order), size)]
-
-
+# A batch of more than `generate.GROUP_ROWS` branch rows has its outputs prefilled in groups of
+# rows of similar length, each in its own bucket; worker prompts are prefilled once each,
+# whatever the group (an example's branches often share one). The throughput bench's 64
+# examples (192 rows, 20,211 real tokens): 36,864 padded tokens in one prefill, 16,384 this
+# way (results/throughput_smollm2_135m.md).
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                     outputs: Sequence[Sequence[int]], min_slots: int = 0,
                     counts: Sequence[int] = ()) -> Branches:
@@ -134,7 +124,7 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   lens = np.array([len(p) for p in prompts], np.int32)
   slots = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, prompt_cache, prompt_row = _prompt_caches(engine, prompts)
-  groups = length_groups([len(o) for o in outputs], GROUP_ROWS)
+  groups = generate.length_groups([len(o) for o in outputs], generate.GROUP_ROWS)
   parts = [_encode_outputs(engine, prompt_cache, prompt_row[g], [outputs[i] for i in g],
                            lens[g], Pb + Ob, slots) for g in groups]
   if len(parts) == 1:
@@ -147,12 +137,6 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                   time.perf_counter() - t0, tuple(counts))
 
 
-def _pad_rows(rows: list) -> list:
-  """Rows padded to a bucket with copies of row 0 (dropped after): a few compiled shapes
-  whatever the number of rows."""
-  return rows + [rows[0]] * (bucket(len(rows), minimum=1) - len(rows))
-
-
 def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
   """Each distinct worker prompt prefilled once, after the prefix all of them share:
   (P, Pb, Ob, prefix cache or None, `[layers, U, Pb + Ob, ...]` cache, each prompt's row in it)."""
@@ -163,7 +147,7 @@ def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
                                attend_cache=False)
   distinct: dict[tuple, int] = {}
   prompt_row = np.array([distinct.setdefault(tuple(p[P:]), len(distinct)) for p in prompts])
-  own = _pad_rows([list(o) for o in distinct])
+  own = pad_rows([list(o) for o in distinct])
   Ob = bucket(max(len(o) for o in own))
   if prefix is None:
     cache = engine.new_cache(len(own), Ob)
@@ -179,8 +163,8 @@ def _encode_outputs(engine: Engine, prompt_cache: KVCache, prompt_row, outputs, 
   """One group's branch caches `[layers, rows, slots, ...]`: its outputs prefilled (in the
   bucket of its longest) after their prompts' cached rows, whose slots end at `start`."""
   R = len(outputs)
-  outputs, rows = _pad_rows(list(outputs)), _pad_rows(list(prompt_row))
-  lens = np.asarray(_pad_rows(list(lens)), np.int32)
+  outputs, rows = pad_rows(list(outputs)), pad_rows(list(prompt_row))
+  lens = np.asarray(pad_rows(list(lens)), np.int32)
   Gb = bucket(max(len(o) for o in outputs))
   with engine.placed():
     cache = _gathered_rows(prompt_cache, np.asarray(rows, np.int32), Gb)

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from psynth import sharding
-from psynth.cache.ops import concat_slots, extend
+from psynth.cache.ops import concat_rows, concat_slots, extend, first_rows, gather_rows
 from psynth.model.kv_cache import KVCache
 from psynth.model.transformer import Transformer, forward, init_cache
 from psynth.synthesis.sampling import sample
@@ -84,6 +84,26 @@ def _knobs(sampling: SamplingConfig):
   return jnp.float32(max(sampling.temperature, 1e-6)), jnp.float32(sampling.top_p)
 
 
+# A batch of more rows than this is prefilled in groups of rows of similar length, each padded
+# to its own bucket (one bucket for all pads every row to the longest), then decoded as one
+# batch. Smaller batches (an evaluation's) stay one prefill, one shape.
+GROUP_ROWS = 32
+
+
+def length_groups(lengths: Sequence[int], size: int) -> list[np.ndarray]:
+  """Row indices sorted by length (stable), in groups of `size`; one group if they all fit."""
+  if len(lengths) <= size:
+    return [np.arange(len(lengths))]
+  order = np.argsort(np.asarray(lengths), kind="stable")
+  return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def pad_rows(rows: list) -> list:
+  """Rows padded to a bucket with copies of row 0 (dropped after): a few compiled shapes
+  whatever the number of rows."""
+  return rows + [rows[0]] * (bucket(len(rows), minimum=1) - len(rows))
+
+
 def right_pad(rows: Sequence[Sequence[int]], length: int, start: Sequence[int] | int = 0):
   """tokens `[B, length]` and positions `[B, length]` (start + i; -1 marks padding)."""
   B = len(rows)
@@ -129,6 +149,13 @@ def own_prefill_step(graphdef):
 def _room_after(prefix: KVCache, own: KVCache, extra_slots: int) -> KVCache:
   """prefix's slots, then own's, then `extra_slots` empty ones; writing resumes after own's."""
   return extend(concat_slots(prefix, own), extra_slots)
+
+
+@functools.partial(jax.jit, static_argnames=("end", "slots"))
+def _room(cache: KVCache, end: int, slots: int) -> KVCache:
+  """A prefilled cache widened to `slots` slots, writing resuming at `end` (the slots between
+  its own and `end` stay empty): a group's prefill joins a batch prefilled to `end`."""
+  return extend(cache, slots - cache.slots).replace(end=jnp.int32(end))
 
 
 # Decoding runs on the cache stored per layer (`KVCache.per_layer`: a step reads each layer's
@@ -195,18 +222,42 @@ class Engine:
     return min(max_new_tokens, ctx - prompt_len)
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-               eos_ids: Sequence[int] = ()) -> Generation:
-    """Generates for a batch of token-id prompts of any lengths (right-padded into one bucket)."""
+               eos_ids: Sequence[int] = (), *, t0: float | None = None,
+               lora: bool = False) -> Generation:
+    """Generates for a batch of token-id prompts of any lengths: right-padded into one bucket,
+    or, past `GROUP_ROWS` rows, prefilled in groups of similar length (same tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
       raise ValueError("every prompt needs at least one token")
     lengths = np.array([len(p) for p in prompts])
     max_new = self.check_fits(int(lengths.max()), sampling.max_new_tokens)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
+    sampling = dataclasses.replace(sampling, max_new_tokens=max_new)
     T = bucket(int(lengths.max()))
-    tokens, positions = right_pad(prompts, T)
-    cache = self.new_cache(len(prompts), bucket(T + max_new))
-    return self.continue_from(cache, tokens, positions, lengths, dataclasses.replace(
-        sampling, max_new_tokens=max_new), eos_ids, t0=t0, attend_cache=False)
+    groups = length_groups(lengths, GROUP_ROWS)
+    if len(groups) == 1:
+      tokens, positions = right_pad(prompts, T)
+      return self.continue_from(self.new_cache(len(prompts), T + bucket(max_new)), tokens,
+                                positions, lengths, sampling, eos_ids, t0=t0,
+                                attend_cache=False, lora=lora)
+    # Prefilled group by group, each in its own bucket, put back in row order, one batch after.
+    key, sub = jax.random.split(jax.random.key(sampling.seed))
+    logits, caches = [], []
+    for g in groups:
+      rows = pad_rows([prompts[i] for i in g])
+      Tg = bucket(max(len(r) for r in rows))
+      with self.placed():
+        _, lg, cache = self.prefill(self.state, *right_pad(rows, Tg),
+                                    self.new_cache(len(rows), Tg), sub, *_knobs(sampling), True,
+                                    False, lora)
+        logits.append(lg[:len(g)])
+        caches.append(_room(first_rows(cache, len(g)), T, T + bucket(max_new)))
+    back = np.argsort(np.concatenate(groups))
+    with self.placed():
+      cache = gather_rows(concat_rows(caches), back)
+      first = sample(jnp.concatenate(logits)[back], sub, *_knobs(sampling),
+                     greedy=sampling.temperature == 0)
+    return self.decode_from(np.asarray(first), cache, lengths, sampling, eos_ids, t0=t0, key=key,
+                            lora=lora)
 
   def continue_from(self, cache: KVCache, tokens, positions, next_pos, sampling: SamplingConfig,
                     eos_ids: Sequence[int] = (), *, t0: float | None = None,

@@ -198,16 +198,14 @@ def synthesize_from_branches(engine: Engine, branches: Branches, method: str,
                          f"context holds {engine.config.max_position_embeddings}")
     max_new = min(sampling.max_new_tokens,
                   engine.check_fits(max(map(len, prompts)), sampling.max_new_tokens))
-    Rb, extra = bucket(max(map(len, rest))), bucket(max_new)
-    tokens, positions = right_pad(rest, Rb, start=n)
     sampling = dataclasses.replace(sampling, max_new_tokens=max_new)
-    lengths = [len(p) for p in prompts]
     if n:  # the prompt reads the workers' shared prefix, not an empty room after it
+      tokens, positions = right_pad(rest, bucket(max(map(len, rest))), start=n)
       prefix = ops.tile_rows(ops.truncate(branches.prefix, n), B)
-      gen = engine.continue_after(prefix, tokens, positions, lengths, sampling, eos_ids, t0=t0)
-    else:
-      gen = engine.continue_from(engine.new_cache(B, Rb + extra), tokens, positions, lengths,
-                                 sampling, eos_ids, t0=t0, attend_cache=False)
+      gen = engine.continue_after(prefix, tokens, positions, [len(p) for p in prompts],
+                                  sampling, eos_ids, t0=t0)
+    else:  # a plain prefill of each whole prompt (in length groups, for many rows)
+      gen = engine.generate(rest, sampling, eos_ids, t0=t0)
   else:
     adapter = adapter if method == "psynth" else None
     logits, decode_cache, next_pos = cache_prefill(
