@@ -125,8 +125,11 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   slots = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, prompt_cache, prompt_row = _prompt_caches(engine, prompts)
   groups = generate.length_groups([len(o) for o in outputs], generate.GROUP_ROWS)
+  # One group (an evaluation's batch) is prefilled in `slots`: one compiled shape for batches
+  # of varying outputs. Groups are prefilled in the bucket of their own longest.
   parts = [_encode_outputs(engine, prompt_cache, prompt_row[g], [outputs[i] for i in g],
-                           lens[g], Pb + Ob, slots) for g in groups]
+                           lens[g], Pb + Ob, slots, slots if len(groups) == 1 else 0)
+           for g in groups]
   if len(parts) == 1:
     branch = parts[0]
   else:
@@ -159,18 +162,19 @@ def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
 
 
 def _encode_outputs(engine: Engine, prompt_cache: KVCache, prompt_row, outputs, lens,
-                    start: int, slots: int) -> KVCache:
+                    start: int, slots: int, min_prefill: int) -> KVCache:
   """One group's branch caches `[layers, rows, slots, ...]`: its outputs prefilled (in the
-  bucket of its longest) after their prompts' cached rows, whose slots end at `start`."""
+  bucket of its longest, at least `min_prefill`) after their prompts' cached rows, whose slots
+  end at `start`."""
   R = len(outputs)
   outputs, rows = pad_rows(list(outputs)), pad_rows(list(prompt_row))
   lens = np.asarray(pad_rows(list(lens)), np.int32)
-  Gb = bucket(max(len(o) for o in outputs))
+  Gb = max(bucket(max(len(o) for o in outputs)), min_prefill)
   with engine.placed():
     cache = _gathered_rows(prompt_cache, np.asarray(rows, np.int32), Gb)
   cache = engine.fill_cache(cache, *right_pad(outputs, Gb, start=lens))
   branch = ops.first_rows(ops.take_slots(cache, start, Gb), R)
-  if Gb < slots:  # shorter outputs: empty slots up to the batch's branch length (or min_slots)
+  if Gb < slots:  # a group of shorter outputs: empty slots up to the batch's branch length
     branch = ops.extend(branch, slots - Gb).replace(end=jnp.int32(slots))
   return branch
 
