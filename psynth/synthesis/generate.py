@@ -222,8 +222,7 @@ class Engine:
     return min(max_new_tokens, ctx - prompt_len)
 
   def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-               eos_ids: Sequence[int] = (), *, t0: float | None = None,
-               lora: bool = False) -> Generation:
+               eos_ids: Sequence[int] = (), *, t0: float | None = None) -> Generation:
     """Generates for a batch of token-id prompts of any lengths: right-padded into one bucket,
     or, past `GROUP_ROWS` rows, prefilled in groups of similar length (same tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -238,26 +237,30 @@ class Engine:
       tokens, positions = right_pad(prompts, T)
       return self.continue_from(self.new_cache(len(prompts), T + bucket(max_new)), tokens,
                                 positions, lengths, sampling, eos_ids, t0=t0,
-                                attend_cache=False, lora=lora)
-    # Prefilled group by group, each in its own bucket, put back in row order, one batch after.
-    key, sub = jax.random.split(jax.random.key(sampling.seed))
+                                attend_cache=False)
+    key, sub = jax.random.split(jax.random.key(sampling.seed))  # as `continue_from` splits
+    first, cache = self._prefill_groups(prompts, groups, T, T + bucket(max_new), sub, sampling)
+    return self.decode_from(first, cache, lengths, sampling, eos_ids, t0=t0, key=key)
+
+  def _prefill_groups(self, prompts, groups, T: int, slots: int, key, sampling):
+    """Each group of rows prefilled in its own bucket, put back in row order as one batch's
+    cache (`slots` slots, writing resuming at T, the batch's bucket): (first tokens [B] on
+    the host, cache). The first tokens are drawn once from the whole batch's logits."""
     logits, caches = [], []
     for g in groups:
       rows = pad_rows([prompts[i] for i in g])
       Tg = bucket(max(len(r) for r in rows))
       with self.placed():
         _, lg, cache = self.prefill(self.state, *right_pad(rows, Tg),
-                                    self.new_cache(len(rows), Tg), sub, *_knobs(sampling), True,
-                                    False, lora)
+                                    self.new_cache(len(rows), Tg), key, *_knobs(sampling), True,
+                                    False, False)
         logits.append(lg[:len(g)])
-        caches.append(_room(first_rows(cache, len(g)), T, T + bucket(max_new)))
+        caches.append(_room(first_rows(cache, len(g)), T, slots))
     back = np.argsort(np.concatenate(groups))
     with self.placed():
-      cache = gather_rows(concat_rows(caches), back)
-      first = sample(jnp.concatenate(logits)[back], sub, *_knobs(sampling),
+      first = sample(jnp.concatenate(logits)[back], key, *_knobs(sampling),
                      greedy=sampling.temperature == 0)
-    return self.decode_from(np.asarray(first), cache, lengths, sampling, eos_ids, t0=t0, key=key,
-                            lora=lora)
+      return np.asarray(first), gather_rows(concat_rows(caches), back)
 
   def continue_from(self, cache: KVCache, tokens, positions, next_pos, sampling: SamplingConfig,
                     eos_ids: Sequence[int] = (), *, t0: float | None = None,
