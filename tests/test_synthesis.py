@@ -255,7 +255,7 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
   assert next_pos == start + len(prompt)
   assert np.abs(np.asarray(logits[0]) - np.asarray(ref[0, -1])).max() <= 1e-5
   # The decode cache holds the same valid slots in the same order, packed: the branches' 20
-  # tokens in bucket(20) slots (not 3 x 11), then the prompt in its bucket, then room.
+  # tokens in 32 slots (the power of two; not 3 x 16), then the prompt in its bucket, then room.
   got_valid, want_valid = np.asarray(cache.valid)[0], np.asarray(ref_cache.valid)[0]
   np.testing.assert_array_equal(np.asarray(cache.positions)[0][got_valid],
                                 np.asarray(ref_cache.positions)[0][want_valid])
@@ -263,8 +263,8 @@ def test_lazy_reencoding_equals_the_eager_cache(mode, tiny_checkpoint):
     diff = np.asarray(got)[:, 0][:, got_valid] - np.asarray(want)[:, 0][:, want_valid]
     assert np.abs(diff).max() <= 1e-5
   pre = br.prefix.slots if P else 0  # the prefix's slots (its first P valid)
-  assert got_valid[pre:pre + 20].all() and not got_valid[pre + 20:pre + bucket(20)].any()
-  assert int(cache.end) == pre + bucket(20) + bucket(len(prompt))
+  assert got_valid[pre:pre + 20].all() and not got_valid[pre + 20:pre + 32].any()
+  assert int(cache.end) == pre + 32 + bucket(len(prompt))
   assert not got_valid[int(cache.end):].any()
 
 

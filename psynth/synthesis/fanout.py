@@ -95,10 +95,10 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
 
 
 # A batch of more than `generate.GROUP_ROWS` branch rows has its outputs prefilled in groups of
-# rows of similar length, each in its own bucket; worker prompts are prefilled once each,
-# whatever the group (an example's branches often share one). The throughput bench's 64
-# examples (192 rows, 20,211 real tokens): 36,864 padded tokens in one prefill, 16,384 this
-# way (results/throughput_smollm2_135m.md).
+# rows of similar length, each in its own bucket (at least min_slots); worker prompts are
+# prefilled once each, whatever the group (an example's branches often share one). The
+# throughput bench's 64 examples (192 rows, 20,211 real tokens, min_slots 64): 36,864 padded
+# tokens in one prefill, 18,944 this way (results/throughput_smollm2_135m.md).
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                     outputs: Sequence[Sequence[int]], min_slots: int = 0,
                     counts: Sequence[int] = ()) -> Branches:
@@ -125,11 +125,8 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   slots = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, prompt_cache, prompt_row = _prompt_caches(engine, prompts)
   groups = generate.length_groups([len(o) for o in outputs], generate.GROUP_ROWS)
-  # One group (an evaluation's batch) is prefilled in `slots`: one compiled shape for batches
-  # of varying outputs. Groups are prefilled in the bucket of their own longest.
   parts = [_encode_outputs(engine, prompt_cache, prompt_row[g], [outputs[i] for i in g],
-                           lens[g], Pb + Ob, slots, slots if len(groups) == 1 else 0)
-           for g in groups]
+                           lens[g], Pb + Ob, slots, min_slots) for g in groups]
   if len(parts) == 1:
     branch = parts[0]
   else:
@@ -163,9 +160,9 @@ def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
 
 def _encode_outputs(engine: Engine, prompt_cache: KVCache, prompt_row, outputs, lens,
                     start: int, slots: int, min_prefill: int) -> KVCache:
-  """One group's branch caches `[layers, rows, slots, ...]`: its outputs prefilled (in the
-  bucket of its longest, at least `min_prefill`) after their prompts' cached rows, whose slots
-  end at `start`."""
+  """One group's branch caches `[layers, rows, slots, ...]`: its outputs prefilled after their
+  prompts' cached rows (whose slots end at `start`) in the bucket of its longest, at least
+  `min_prefill` (min_slots: an evaluation's batches then share one compiled prefill)."""
   R = len(outputs)
   outputs, rows = pad_rows(list(outputs)), pad_rows(list(prompt_row))
   lens = np.asarray(pad_rows(list(lens)), np.int32)

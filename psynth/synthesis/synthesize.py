@@ -145,8 +145,10 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
     logits, own = first_logits(engine.graphdef, engine.state, m_graphdef, m_state, *args,
                                tokens, positions, lora=adapter.lora)
   cfg = engine.config
-  # The most branch tokens of any row, in a bucket (a few decode shapes), at most N*S.
-  branch_slots = min(bucket(int(lengths_BxN.sum(1).max())),
+  # The most branch tokens of any row, up to a power of two (batches of one evaluation task
+  # then share one or two decode shapes), at most N*S.
+  most = int(lengths_BxN.sum(1).max())
+  branch_slots = min(1 << max(most - 1, 1).bit_length(),
                      lengths_BxN.shape[1] * branches.cache.slots)
 
   def decode_cache():
