@@ -153,7 +153,7 @@ def _prompt_caches(engine: Engine, prompts: Sequence[Sequence[int]]):
     cache = engine.new_cache(len(own), Ob)
   else:
     with engine.placed():
-      cache = _rows_after(prefix, len(own), Ob)
+      cache = _gathered_rows(prefix, np.zeros(len(own), np.int32), Ob)
   cache = engine.fill_cache(cache, *right_pad(own, Ob, start=P), attend_cache=P > 0)
   return P, Pb, Ob, prefix, cache, prompt_row
 
@@ -180,9 +180,3 @@ def _encode_outputs(engine: Engine, prompt_cache: KVCache, prompt_row, outputs, 
 def _gathered_rows(cache: KVCache, rows_R, extra: int) -> KVCache:
   """Rows `rows_R` of `cache`, `extra` empty slots after each (writing resumes there)."""
   return ops.extend(ops.gather_rows(cache, rows_R), extra)
-
-
-@functools.partial(jax.jit, static_argnames=("rows", "extra"))
-def _rows_after(prefix: KVCache, rows: int, extra: int) -> KVCache:
-  """The 1-row prefix tiled to `rows` rows, `extra` empty slots after it (writing resumes there)."""
-  return ops.extend(ops.tile_rows(prefix, rows), extra)
