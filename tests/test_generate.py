@@ -48,11 +48,41 @@ def test_length_groups_prefill_equals_one_batch(tiny, monkeypatch):
   assert [len(g) for g in generate.length_groups(lengths, 3)] == [3, 3, 1]
   grouped = [engine.generate(prompts, s).tokens for s in (greedy, sampled)]
   assert grouped == one and one[1] != one[0]  # sampling on: the same seeded draws
+  # A token budget halves a group's rows until rows x bucket fits it (64: 4 x 16, then 1 x 40).
+  monkeypatch.setattr(generate, "GROUP_ROWS", 4)
+  monkeypatch.setattr(generate, "GROUP_TOKENS", 64)
+  assert [len(g) for g in generate.length_groups(lengths, 4, 64)] == [4, 1, 1, 1]
+  assert [engine.generate(prompts, s).tokens for s in (greedy, sampled)] == one
   for prompt, got in zip(prompts, grouped[0]):
     with torch.no_grad():
       ref = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
                         eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert got == ref
+
+
+def test_a_batch_shrinks_as_rows_finish(tiny, monkeypatch):
+  """Once at most half of a batch's rows are unfinished, decoding goes on with those rows only
+  (padded to a power of two): every row's tokens stay what the full batch gives, which is what
+  each row's own greedy sequence cut at its first stop token gives."""
+  from psynth.synthesis import generate
+
+  engine, _ = tiny
+  prompts = [[(5 * i + 11 * j) % 120 + 1 for j in range(3 + 2 * i)] for i in range(7)]
+  long = engine.generate(prompts, SamplingConfig(max_new_tokens=12)).tokens
+  # Stop tokens that end rows at different steps: each of the first four rows' 2nd..5th token.
+  eos = {long[i][1 + i] for i in range(4)}
+  cut = [next((row[:k] for k, t in enumerate(row) if t in eos), row) for row in long]
+  assert len({len(c) for c in cut}) > 2
+  whole = engine.generate(prompts, SamplingConfig(max_new_tokens=12), eos).tokens
+  assert generate.compacted_size(7, 3) == 7  # 7 rows never shrink at COMPACT_ROWS = 16
+  taken = []
+  take = generate._take_rows
+  monkeypatch.setattr(generate, "COMPACT_ROWS", 2)
+  monkeypatch.setattr(generate, "_take_rows", lambda c, r: taken.append(len(r)) or take(c, r))
+  shrunk = engine.generate(prompts, SamplingConfig(max_new_tokens=12), eos).tokens
+  assert whole == cut and shrunk == cut
+  assert taken and all(n & (n - 1) == 0 for n in taken)  # shrank, to powers of two
+  assert [generate.compacted_size(8, k) for k in (5, 4, 3, 2, 1)] == [8, 4, 4, 2, 2]
 
 
 def test_eos_stops_a_row_and_excludes_the_stop_token(tiny):

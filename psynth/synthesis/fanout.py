@@ -124,7 +124,8 @@ def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
   lens = np.array([len(p) for p in prompts], np.int32)
   slots = max(bucket(max(len(o) for o in outputs)), min_slots)
   P, Pb, Ob, prefix, prompt_cache, prompt_row = _prompt_caches(engine, prompts)
-  groups = generate.length_groups([len(o) for o in outputs], generate.GROUP_ROWS)
+  groups = generate.length_groups([len(o) for o in outputs], generate.GROUP_ROWS,
+                                  generate.GROUP_TOKENS)
   parts = [_encode_outputs(engine, prompt_cache, prompt_row[g], [outputs[i] for i in g],
                            lens[g], Pb + Ob, slots, min_slots) for g in groups]
   if len(parts) == 1:

@@ -88,14 +88,29 @@ def _knobs(sampling: SamplingConfig):
 # to its own bucket (one bucket for all pads every row to the longest), then decoded as one
 # batch. Smaller batches (an evaluation's) stay one prefill, one shape.
 GROUP_ROWS = 32
+# ... and a group holds at most this many (padded) tokens, halving its rows until it does: on
+# CPU a prefill's activations then stay in cache. The default model prefills 8 x 320 tokens
+# at 145 GFLOP/s, 32 x 320 at 129 (`results/throughput_smollm2_135m.md`).
+GROUP_TOKENS = 2560
 
 
-def length_groups(lengths: Sequence[int], size: int) -> list[np.ndarray]:
-  """Row indices sorted by length (stable), in groups of `size`; one group if they all fit."""
+def length_groups(lengths: Sequence[int], size: int, tokens: int | None = None
+                  ) -> list[np.ndarray]:
+  """Row indices sorted by length (stable), in groups of `size` rows, or of fewer (halved)
+  where `size` rows of the group's bucket would exceed `tokens`; one group if they all fit
+  in `size` rows."""
   if len(lengths) <= size:
     return [np.arange(len(lengths))]
   order = np.argsort(np.asarray(lengths), kind="stable")
-  return [order[i:i + size] for i in range(0, len(order), size)]
+  longest = np.asarray(lengths)[order]
+  groups, i = [], 0
+  while i < len(order):
+    n = size
+    while tokens and n > 1 and n * bucket(int(longest[min(i + n, len(order)) - 1])) > tokens:
+      n //= 2
+    groups.append(order[i:i + n])
+    i += n
+  return groups
 
 
 def pad_rows(rows: list) -> list:
@@ -157,6 +172,25 @@ def _room(cache: KVCache, end: int, slots: int) -> KVCache:
   its own and `end` stay empty): a group's prefill joins a batch prefilled to `end`."""
   return extend(cache, slots - cache.slots).replace(end=jnp.int32(end))
 
+
+# A decode batch of more rows than this shrinks as its rows finish: once at most half of them
+# are left, it goes on with them (padded to a power of two >= COMPACT_ROWS with finished rows).
+# An evaluation's replies end at very different lengths (the throughput bench: 29 of 48
+# tokens on average), and a 64-row step costs ~4x a 16-row one; below 16 rows a step costs
+# about the same whatever the rows (it reads the weights), so smaller batches never shrink
+# and compile no more shapes.
+COMPACT_ROWS = 16
+
+
+def compacted_size(batch: int, unfinished: int) -> int:
+  """The row count a decode batch of `batch` rows goes on with when `unfinished` are left
+  (`batch` itself: no change)."""
+  if batch <= COMPACT_ROWS or 2 * unfinished > batch:
+    return batch
+  return max(COMPACT_ROWS, 1 << max(0, unfinished - 1).bit_length())
+
+
+_take_rows = jax.jit(gather_rows)
 
 # Decoding runs on the cache stored per layer (`KVCache.per_layer`: a step reads each layer's
 # slots where they are instead of copying them out of a stacked array); one copy each way.
@@ -232,7 +266,7 @@ class Engine:
     t0 = time.perf_counter() if t0 is None else t0
     sampling = dataclasses.replace(sampling, max_new_tokens=max_new)
     T = bucket(int(lengths.max()))
-    groups = length_groups(lengths, GROUP_ROWS)
+    groups = length_groups(lengths, GROUP_ROWS, GROUP_TOKENS)
     if len(groups) == 1:
       tokens, positions = right_pad(prompts, T)
       return self.continue_from(self.new_cache(len(prompts), T + bucket(max_new)), tokens,
@@ -313,26 +347,31 @@ class Engine:
     temp, top_p = _knobs(sampling)
     key = jax.random.key(sampling.seed + 1) if key is None else key
     tok = np.asarray(first)
-    B = len(tok)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = np.zeros(B, bool)
+    out: list[list[int]] = [[] for _ in range(len(tok))]
+    row = np.arange(len(tok))  # the batch's rows: which of `out` each one is
+    done = np.zeros(len(tok), bool)
     eos = set(eos_ids)
     next_pos = np.asarray(next_pos, np.int32)
     for step in range(sampling.max_new_tokens):
-      for b in range(B):
-        if not done[b]:
-          if int(tok[b]) in eos:
-            done[b] = True
-          else:
-            out[b].append(int(tok[b]))
+      for b in np.flatnonzero(~done):
+        if int(tok[b]) in eos:
+          done[b] = True
+        else:
+          out[row[b]].append(int(tok[b]))
       last = step == sampling.max_new_tokens - 1
       if done.all() or (last and not keep_cache):
         break
-      # Finished rows keep stepping as padding (position -1): the batch shape never changes.
-      pos = np.where(done, -1, next_pos + step).astype(np.int32)[:, None]
       key, sub = jax.random.split(key)
       if callable(cache):
         cache = cache()
+      n = len(tok) if keep_cache else compacted_size(len(tok), int((~done).sum()))
+      if n < len(tok):  # the unfinished rows first, then finished ones as padding
+        keep = np.concatenate([np.flatnonzero(~done), np.flatnonzero(done)])[:n]
+        tok, done, next_pos, row = tok[keep], done[keep], next_pos[keep], row[keep]
+        with self.placed():
+          cache = _take_rows(cache, keep)
+      # Finished rows step as padding (position -1) until the batch shrinks.
+      pos = np.where(done, -1, next_pos + step).astype(np.int32)[:, None]
       with self.placed():
         cache = _per_layer(cache) if not cache.is_per_layer else cache
         tok, cache = self.decode(self.state, tok[:, None].astype(np.int32), pos, cache, sub,
