@@ -95,10 +95,11 @@ def run_workers(engine: Engine, prompts: Sequence[Sequence[int]], sampling: Samp
 
 
 # A batch of more than `generate.GROUP_ROWS` branch rows has its outputs prefilled in groups of
-# rows of similar length, each in its own bucket (at least min_slots); worker prompts are
-# prefilled once each, whatever the group (an example's branches often share one). The
-# throughput bench's 64 examples (192 rows, 20,211 real tokens, min_slots 64): 36,864 padded
-# tokens in one prefill, 18,944 this way (results/throughput_smollm2_135m.md).
+# rows of similar length (at most `generate.GROUP_TOKENS` padded tokens a group), each in its
+# own bucket (at least min_slots); worker prompts are prefilled once each, whatever the group
+# (an example's branches often share one). The throughput bench's 64 examples (192 rows,
+# min_slots 64): 36,864 padded tokens in one prefill, 18,944 in groups of 32 rows
+# (results/throughput_smollm2_135m.md).
 def encode_branches(engine: Engine, prompts: Sequence[Sequence[int]],
                     outputs: Sequence[Sequence[int]], min_slots: int = 0,
                     counts: Sequence[int] = ()) -> Branches:

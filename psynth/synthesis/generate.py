@@ -175,9 +175,9 @@ def _room(cache: KVCache, end: int, slots: int) -> KVCache:
 
 # A decode batch of more rows than this shrinks as its rows finish: once at most half of them
 # are left, it goes on with them (padded to a power of two >= COMPACT_ROWS with finished rows).
-# An evaluation's replies end at very different lengths (the throughput bench: 29 of 48
-# tokens on average), and a 64-row step costs ~4x a 16-row one; below 16 rows a step costs
-# about the same whatever the rows (it reads the weights), so smaller batches never shrink
+# Replies end at very different lengths (the throughput bench's text method: 12 to 48 tokens,
+# 26.5 on average), and past ~16 rows a step is compute-bound, its cost growing with its rows;
+# below, it mostly reads the weights. Batches of up to 16 rows (an evaluation's) never shrink
 # and compile no more shapes.
 COMPACT_ROWS = 16
 
