@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -453,3 +456,27 @@ def test_paired_differences_per_task_and_pooled(tmp_path):
   assert "| psynth - text | pooled | 14 | +14.3 [" in report.paired_markdown(pairs)
   report.plot(report.summarize(preds), tmp_path / "r.png")
   assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+_COMPILE_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from psynth import compile_cache
+from psynth.eval.methods import compiles
+compile_cache.enable(sys.argv[1])
+with compiles() as c:
+  jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.ones(7)).block_until_ready()
+print(json.dumps(c))
+"""
+
+
+def test_a_rerun_loads_every_executable_from_the_persistent_cache(tmp_path):
+  """The evaluation's compile count tells compiled from loaded: a second process with the same
+  cache directory compiles nothing (every executable it needs is a cache hit)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  run = lambda: json.loads(subprocess.run(
+      [sys.executable, "-c", _COMPILE_SCRIPT, str(tmp_path / "xla")], env=env, check=True,
+      capture_output=True, text=True).stdout.strip().splitlines()[-1])
+  first, second = run(), run()
+  assert first[0] >= 1 and first[2] == 0  # compiled, nothing loaded
+  assert second[0] == first[0] and second[2] == second[0]  # the same executables, all loaded

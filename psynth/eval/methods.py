@@ -46,24 +46,34 @@ METHODS = ("single", "text", "naive", "psynth")
 SYNTHESIS = ("text", "naive", "psynth")  # the methods that synthesize from branches
 EMPTY_BRANCH = "(no notes)"  # stands in for a worker that stopped at once
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 @contextlib.contextmanager
 def compiles():
-  """Yields [count, seconds] of the XLA compilations made inside the block (both grow)."""
-  stats = [0, 0.0]
+  """Yields [executables, seconds, loaded] for the block (all grow): XLA executables it needed,
+  the seconds they took, and how many of them the persistent compilation cache served (JAX
+  times a load as a compile; executables - loaded were compiled)."""
+  stats = [0, 0.0, 0]
 
-  def listen(event, duration, **kw):
+  def duration(event, duration, **kw):
     del kw
     if event == _COMPILE_EVENT:
       stats[0] += 1
       stats[1] += duration
 
-  jax.monitoring.register_event_duration_secs_listener(listen)
+  def hit(event, **kw):
+    del kw
+    if event == _CACHE_HIT_EVENT:
+      stats[2] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(duration)
+  jax.monitoring.register_event_listener(hit)
   try:
     yield stats
   finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
+    jax.monitoring.unregister_event_duration_listener(duration)
+    jax.monitoring.unregister_event_listener(hit)
 
 
 def warm(fn):
