@@ -179,6 +179,16 @@ def _worker_texts(loaded, task: Task, batch, s: EvalSettings, saved: dict, bfile
   return [saved[it.id]["texts"] for _, it in batch]
 
 
+def _record_compiles(out: Path, compile_log: dict, key: str, c) -> None:
+  """Logs and saves (DIR/compiles.json) a task's `methods.compiles()` figures."""
+  compiled, seconds, loaded = c[0] - c[2], c[1], c[2]
+  compile_log[key] = {"compiles": compiled, "loaded_from_cache": loaded,
+                      "compile_s": round(seconds, 2)}
+  records.write_json(out / "compiles.json", compile_log)
+  log.info("%s: %d XLA compilations, %d executables loaded from the persistent cache; %.1f s",
+           key.split("/")[0], compiled, loaded, seconds)
+
+
 def eval_main(s: EvalSettings, tasks, methods, limit: int | None = None,
               output_dir: str | Path = "runs/eval", adapter: str | Path | None = None,
               num_shards: int | None = None, shard_id: int | None = None, *, gaia_dir: str = "",
@@ -227,11 +237,7 @@ def eval_main(s: EvalSettings, tasks, methods, limit: int | None = None,
     with methods_lib.compiles() as c:
       finished = _run_task(loaded, task, built[task.name], method_list, s, out, (n, k),
                            synth_adapter, adapter, budget, progress)
-    compile_log[f"{task.name}/shard-{k}-of-{n}"] = {
-        "compiles": c[0] - c[2], "loaded_from_cache": c[2], "compile_s": round(c[1], 2)}
-    records.write_json(out / "compiles.json", compile_log)
-    log.info("%s: %d XLA compilations, %d executables loaded from the persistent cache; "
-             "%.1f s", task.name, c[0] - c[2], c[2], c[1])
+    _record_compiles(out, compile_log, f"{task.name}/shard-{k}-of-{n}", c)
     if not finished:
       log.info("stopped after max_predictions=%d; rerun to continue", max_predictions)
       return None
