@@ -119,10 +119,8 @@ def gather_rows(cache: KVCache, rows_R) -> KVCache:
   at = jnp.maximum(rows, 0)
   take = lambda a, axis: jnp.take(a, at, axis=axis)
   if cache.is_per_layer:  # each layer's [B, S, K, E] on its own
-    return cache.replace(k=tuple(take(k, 0) for k in cache.k),
-                         v=tuple(take(v, 0) for v in cache.v),
-                         positions=take(cache.positions, 0),
-                         valid=take(cache.valid, 0) & (rows >= 0)[:, None])
-  return cache.replace(k=take(cache.k, 1), v=take(cache.v, 1),
-                       positions=take(cache.positions, 0),
+    k, v = tuple(take(x, 0) for x in cache.k), tuple(take(x, 0) for x in cache.v)
+  else:
+    k, v = take(cache.k, 1), take(cache.v, 1)
+  return cache.replace(k=k, v=v, positions=take(cache.positions, 0),
                        valid=take(cache.valid, 0) & (rows >= 0)[:, None])

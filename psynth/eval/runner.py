@@ -179,14 +179,14 @@ def _worker_texts(loaded, task: Task, batch, s: EvalSettings, saved: dict, bfile
   return [saved[it.id]["texts"] for _, it in batch]
 
 
-def _record_compiles(out: Path, compile_log: dict, key: str, c) -> None:
+def _record_compiles(out: Path, compile_log: dict, task: str, shard: str, c) -> None:
   """Logs and saves (DIR/compiles.json) a task's `methods.compiles()` figures."""
   compiled, seconds, loaded = c[0] - c[2], c[1], c[2]
-  compile_log[key] = {"compiles": compiled, "loaded_from_cache": loaded,
-                      "compile_s": round(seconds, 2)}
+  compile_log[f"{task}/{shard}"] = {"compiles": compiled, "loaded_from_cache": loaded,
+                                    "compile_s": round(seconds, 2)}
   records.write_json(out / "compiles.json", compile_log)
   log.info("%s: %d XLA compilations, %d executables loaded from the persistent cache; %.1f s",
-           key.split("/")[0], compiled, loaded, seconds)
+           task, compiled, loaded, seconds)
 
 
 def eval_main(s: EvalSettings, tasks, methods, limit: int | None = None,
@@ -237,7 +237,7 @@ def eval_main(s: EvalSettings, tasks, methods, limit: int | None = None,
     with methods_lib.compiles() as c:
       finished = _run_task(loaded, task, built[task.name], method_list, s, out, (n, k),
                            synth_adapter, adapter, budget, progress)
-    _record_compiles(out, compile_log, f"{task.name}/shard-{k}-of-{n}", c)
+    _record_compiles(out, compile_log, task.name, f"shard-{k}-of-{n}", c)
     if not finished:
       log.info("stopped after max_predictions=%d; rerun to continue", max_predictions)
       return None
