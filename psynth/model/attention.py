@@ -8,7 +8,8 @@ heads of kv head k read k's slots); query t sees slot s iff `kv_valid[s]` and
 softmax in float32. A query that sees no slot (a padding query, position < 0) gets a finite
 value that differs between implementations and that nothing reads.
 
-- "blocked": streaming softmax in jnp loops, tuned for XLA on CPU (the default).
+- "blocked": streaming softmax in jnp loops, tuned for XLA on CPU (the default); a decode
+  step of 4 rows or more runs a C++ kernel on CPU instead (`cpu_kernel.py`).
 - "reference": one plain masked softmax; the yardstick of the tests.
 - "pallas_tpu": a flash-style Pallas TPU kernel (`attention_pallas.py`), run per shard on a
   mesh, differentiated through "blocked"; "pallas_tpu_interpret" runs the same kernel in
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from psynth.model import attention_pallas
+from psynth.model import attention_pallas, cpu_kernel
 from psynth.sharding import logical_spec
 
 # The score of a hidden slot: finite, so a fully masked (padding) row stays NaN-free.
@@ -185,6 +186,11 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
   # A decode step. Not under a mesh: merging slots with kv heads there would gather a cache
   # that is sharded over kv heads.
   if T == 1 and own is not None and cache is not None and jax.sharding.get_abstract_mesh().empty:
+    if own[0].dtype == own[1].dtype == jnp.float32 and cpu_kernel.applies(q, cache):
+      # The C++ kernel on CPU; XLA's form when lowered for another platform (a TPU AOT).
+      return jax.lax.platform_dependent(q, pos_BxT, own, cache,
+                                        cpu=cpu_kernel.decode_attention,
+                                        default=_decode_attention)
     return _decode_attention(q, pos_BxT, own, cache)
   # [B, K, G, T, E]: the G query heads sharing a KV head form one matmul with it.
   q = q.reshape(B, T, K, G, E)
