@@ -16,6 +16,7 @@ from psynth.synthesis.adapter import Adapter
 from psynth.model.lora import add_lora
 from psynth.synthesis.fanout import encode_branches
 from psynth.synthesis.generate import Engine, SamplingConfig
+from psynth.synthesis import synthesize
 from psynth.synthesis.synthesize import synthesize_from_branches, text_prefill_parts
 
 COUNTS = (1, 3, 2)  # ragged: the batch pads to 4 branches per row
@@ -55,6 +56,31 @@ def test_batched_synthesis_equals_one_at_a_time(setup, method):
                                     adapter=adapter)[0]
     assert row.answer_ids == want.answer_ids
   assert len({tuple(r.answer_ids) for r in got}) == len(got)  # rows really differ
+
+
+@pytest.mark.parametrize("method", ["naive", "psynth"])
+def test_cache_prefill_in_row_groups_equals_one_call(setup, method, monkeypatch):
+  """A batch prefilled in calls of one example each (ragged branch counts gathered per call)
+  gives the logits of one call to float32 rounding, and the same tokens."""
+  engine, adapter, examples = setup
+  adapter = adapter if method == "psynth" else None
+  batch = encode_branches(engine, [w for ex in examples for w in ex[0]],
+                          [o for ex in examples for o in ex[1]], counts=COUNTS)
+  prompts = [ex[2] for ex in examples]
+  sampling = SamplingConfig(max_new_tokens=10)
+
+  def run():
+    logits, decode_cache, _ = synthesize.cache_prefill(engine, batch, prompts, adapter=adapter,
+                                                       max_new_tokens=10)
+    got = synthesize_from_branches(engine, batch, method, prompts, sampling, adapter=adapter)
+    return np.asarray(logits), np.asarray(decode_cache().k), [r.answer_ids for r in got]
+
+  whole = run()
+  monkeypatch.setattr(synthesize, "PREFILL_ROWS", 1)
+  grouped = run()
+  assert np.abs(grouped[0] - whole[0]).max() <= 1e-5
+  assert np.abs(grouped[1] - whole[1]).max() <= 1e-5
+  assert grouped[2] == whole[2]
 
 
 def test_text_path_equals_a_plain_generate(setup):
