@@ -8,8 +8,9 @@ heads of kv head k read k's slots); query t sees slot s iff `kv_valid[s]` and
 softmax in float32. A query that sees no slot (a padding query, position < 0) gets a finite
 value that differs between implementations and that nothing reads.
 
-- "blocked": streaming softmax in jnp loops, tuned for XLA on CPU (the default); a decode
-  step of 4 rows or more runs a C++ kernel on CPU instead (`cpu_kernel.py`).
+- "blocked": on CPU, C++ kernels (`cpu_kernel.py`: a decode step, a flash-style prefill);
+  elsewhere (a mesh, a TPU, no compiler) a streaming softmax in jnp loops tuned for XLA on CPU.
+  The default.
 - "reference": one plain masked softmax; the yardstick of the tests.
 - "pallas_tpu": a flash-style Pallas TPU kernel (`attention_pallas.py`), run per shard on a
   mesh, differentiated through "blocked"; "pallas_tpu_interpret" runs the same kernel in
@@ -173,24 +174,57 @@ def blocked_split(q_BxTxHxE, pos_BxT, own=None, cache=None) -> jax.Array:
   `own = (k [B,T,K,E], v)`: the queries' own tokens (in order: token i may see tokens <= i);
   `cache = (k [B,S,K,E], v, positions [B,S], valid [B,S])`: slots written before. Neither is
   concatenated with the other (on CPU that copy cost more than the math). One streaming
-  float32 softmax runs over blocks of both. Loops, not unrolled code: query chunk i visits
-  own-key blocks 0..i only (the masked upper triangle of a prefill is never computed) and
-  skips cache blocks with no visible slot; compile time does not grow with the length.
+  float32 softmax runs over blocks of both. On CPU, without a mesh, C++ kernels compute it
+  (`cpu_kernel.py`; gradients through the jnp code below); elsewhere, or without a compiler,
+  the jnp code: loops, not unrolled code, where query chunk i visits own-key blocks 0..i only
+  (the masked upper triangle of a prefill is never computed) and skips cache blocks with no
+  visible slot; compile time does not grow with the length.
   """
-  B, T, H, E = q_BxTxHxE.shape
+  E = q_BxTxHxE.shape[-1]
+  q = q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)
+  # Not under a mesh: XLA cannot partition a custom call (it would gather every operand).
+  if (own is not None and jax.sharding.get_abstract_mesh().empty
+      and cpu_kernel.applies(q, own, cache)):
+    # The kernels on CPU; the jnp code when lowered for another platform (a TPU AOT compile).
+    return jax.lax.platform_dependent(q, pos_BxT, own, cache, cpu=_cpu_kernel,
+                                      default=_jnp_split)
+  return _jnp_split(q, pos_BxT, own, cache)
+
+
+@jax.custom_vjp
+def _cpu_kernel(q_BxTxHxE, pos_BxT, own, cache):
+  """The C++ kernel for this call (q scaled), differentiated through `_jnp_split`."""
+  if q_BxTxHxE.shape[1] == 1 and cache is not None:
+    return cpu_kernel.decode_attention(q_BxTxHxE, pos_BxT, own, cache)
+  return cpu_kernel.prefill_attention(q_BxTxHxE, pos_BxT, own, cache)
+
+
+def _cpu_kernel_fwd(q, pos, own, cache):
+  return _cpu_kernel(q, pos, own, cache), (q, pos, own, cache)
+
+
+def _cpu_kernel_bwd(res, g_BxTxHxE):
+  q, pos, own, cache = res
+  floats = (q, own, None if cache is None else cache[:2])
+  rebuild = lambda q, own, kv: _jnp_split(q, pos, own, None if kv is None else (*kv, *cache[2:]))
+  _, vjp = jax.vjp(rebuild, *floats)
+  d_q, d_own, d_kv = vjp(g_BxTxHxE)
+  return d_q, None, d_own, None if cache is None else (*d_kv, None, None)
+
+
+_cpu_kernel.defvjp(_cpu_kernel_fwd, _cpu_kernel_bwd)
+
+
+def _jnp_split(q, pos_BxT, own=None, cache=None) -> jax.Array:
+  """`blocked_split` in jnp: q `[B, T, H, E]` already scaled."""
+  B, T, H, E = q.shape
   K = (own if own is not None else cache)[0].shape[2]
   G = H // K
   S = 0 if cache is None else cache[0].shape[1]
   n_own = 0 if own is None else T
-  q = q_BxTxHxE * jnp.asarray(E ** -0.5, q_BxTxHxE.dtype)
   # A decode step. Not under a mesh: merging slots with kv heads there would gather a cache
   # that is sharded over kv heads.
   if T == 1 and own is not None and cache is not None and jax.sharding.get_abstract_mesh().empty:
-    if own[0].dtype == own[1].dtype == jnp.float32 and cpu_kernel.applies(q, cache):
-      # The C++ kernel on CPU; XLA's form when lowered for another platform (a TPU AOT).
-      return jax.lax.platform_dependent(q, pos_BxT, own, cache,
-                                        cpu=cpu_kernel.decode_attention,
-                                        default=_decode_attention)
     return _decode_attention(q, pos_BxT, own, cache)
   # [B, K, G, T, E]: the G query heads sharing a KV head form one matmul with it.
   q = q.reshape(B, T, K, G, E)
