@@ -43,7 +43,18 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 inline v16 bcast(float x) { return v16{} + x; }
 inline v16 load(const float *p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
 inline void store(float *p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
-inline float hsum(v16 x) { float s = 0.f; for (int i = 0; i < 16; ++i) s += x[i]; return s; }
+// Horizontal sum / max of 16 lanes: four halvings.
+template <typename Op>
+inline float reduce(v16 x, Op op) {
+  x = op(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  x = op(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  x = op(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  x = op(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+  return x[0];
+}
+inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+inline float hsum(v16 x) { return reduce(x, [](v16 a, v16 b) { return a + b; }); }
+inline float hmax(v16 x) { return reduce(x, vmax); }
 
 // exp of 16 lanes: 2^n times Cephes' expf polynomial on [-ln2/2, ln2/2] (about 1 ulp);
 // arguments below -87.3 (an unseen key's -inf included) give 0. Softmax arguments are <= 0.
@@ -311,13 +322,16 @@ struct Prefill {
           const bool seen = j < nk && keys.ok(j0 + j) && keys.pos[j0 + j] <= w.rpos[r];
           s[j] = seen ? s[j] : -INFINITY;
         }
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < KB; ++j) mx = std::max(mx, s[j]);
+      v16 mv = load(s);
+      for (int c = 1; c < KB / 16; ++c) mv = vmax(mv, load(s + 16 * c));
+      const float mx = hmax(mv);
       if (mx == -INFINITY) {  // this row sees none of these keys
         std::fill(s, s + KB, 0.f);
         continue;
       }
-      const float m_new = std::max(w.m[r], mx), corr = std::exp(w.m[r] - m_new);
+      // The running max rarely moves after the first blocks: then nothing is rescaled.
+      const float m_new = std::max(w.m[r], mx);
+      const float corr = m_new == w.m[r] ? 1.f : std::exp(w.m[r] - m_new);
       v16 sum = {};
       for (int c = 0; c < KB / 16; ++c) {
         const v16 e = vexp(load(s + 16 * c) - m_new);
