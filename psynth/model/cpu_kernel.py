@@ -79,7 +79,7 @@ def build(compiler: str | None = None) -> Path:
   compiler = compiler or os.environ.get("CXX") or "g++"
   if shutil.which(compiler) is None:
     raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set $CXX to one, or "
-                       "PSYNTH_CPU_KERNEL=0 to keep decode attention in XLA)")
+                       "PSYNTH_CPU_KERNEL=0 to keep attention in XLA)")
   out = library_path(compiler)
   if out.exists():
     return out
