@@ -44,9 +44,9 @@ SOURCE = Path(__file__).with_name("cpu_kernels") / "attention.cc"
 # heads, each a strided read): measured at 1, 2, 4, 16 and 64 rows in the throughput page.
 MIN_DECODE_ROWS = 4
 HEAD_DIMS = (16, 32, 64, 128)  # the prefill kernel's register blocking
-_registered: list[str] = []
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-std=c++17",
          "-shared", "-fPIC")
+_registered: list[str] = []  # targets registered in this process (XLA keeps them for good)
 
 
 def enabled() -> bool:

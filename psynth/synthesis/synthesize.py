@@ -143,7 +143,7 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
           prefix)
   with engine.placed():
     logits, own = _first_logits_in_groups(engine, (m_graphdef, m_state), adapter.lora, args,
-                                          starts_BxN, tokens, positions)
+                                          tokens, positions)
   cfg = engine.config
   # The most branch tokens of any row, up to a power of two (batches of one evaluation task
   # then share one or two decode shapes), at most N*S.
@@ -165,18 +165,16 @@ def cache_prefill(engine: Engine, branches: Branches, prompts: Sequence[Sequence
 PREFILL_ROWS = 16
 
 
-def _first_logits_in_groups(engine: Engine, mapper, lora: bool, args, starts_BxN, tokens,
-                            positions):
+def _first_logits_in_groups(engine: Engine, mapper, lora: bool, args, tokens, positions):
   """`first_logits` over the batch, in calls of `PREFILL_ROWS` examples when it divides the
   batch: (last logits [B, V], the prompts' own K/V [B rows])."""
-  branches, rows, lengths_BxN, _, prefix = args
+  branches, rows, lengths_BxN, starts_BxN, prefix = args
   B = tokens.shape[0]
   call = functools.partial(first_logits, engine.graphdef, engine.state, *mapper, lora=lora)
   if B <= PREFILL_ROWS or B % PREFILL_ROWS:
     return call(*args, tokens, positions)
   N = lengths_BxN.shape[1]
   rows_BxN = (np.arange(B * N) if rows is None else rows).reshape(B, N)
-  starts_BxN = jnp.asarray(starts_BxN, jnp.int32)
   logits, own = [], []
   for b in range(0, B, PREFILL_ROWS):
     part = slice(b, b + PREFILL_ROWS)
